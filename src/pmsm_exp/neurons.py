@@ -1,0 +1,98 @@
+"""The one spiking neuron family, in multi-step form.
+
+A `MultiStepModule` receives `steps` timesteps flattened into the batch
+dimension (`[steps * N, ...]`), so that every stateless layer around it
+(conv, BatchNorm, pooling, residual adds, linear) processes all timesteps in
+one call; only stateful modules loop over time. State persists across calls
+until `reset_state()`, so a simulation can be split into several calls.
+
+`SpikingNeuron` is the AIF neuron of PMSM (several signed spikes per step) and,
+configured with at most one positive spike of size λ, the IF neuron of QCFS.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MultiStepModule(nn.Module):
+    """Base for modules that keep state over timesteps (neurons, spiking attention)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = 1
+
+    def reset_state(self) -> None:
+        raise NotImplementedError
+
+    def split_time(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] % self.steps:
+            raise ValueError(f"{type(self).__name__}: batch of {x.shape[0]} is not a multiple of steps={self.steps}")
+        return x.reshape(self.steps, x.shape[0] // self.steps, *x.shape[1:])
+
+
+class SpikingNeuron(MultiStepModule):
+    """Integrate-and-fire neuron with multi-spike, signed output and soft reset.
+
+    The membrane is kept in units of θ and starts at `init_membrane` (1/2), so
+    the first step computes floor(z/θ + 1/2) exactly as `PQA` does:
+        u(t) = u(t-1) + z(t)/θ,  s(t) = clamp(floor(u(t)), -max_neg, max_pos),
+        u(t) <- u(t) - s(t),     output o(t) = s(t)·θ
+    (membrane potential v = u·θ). Each step's |s| summed over the batch is
+    recorded as the spike count; non-zero outputs as spike events.
+    """
+
+    def __init__(self, theta: torch.Tensor | float, max_pos: int, max_neg: int = 0, init_membrane: float = 0.5):
+        super().__init__()
+        if max_pos < 0 or max_neg < 0 or max_pos + max_neg == 0:
+            raise ValueError(f"spike bounds must be >= 0 and not both 0, got max_pos={max_pos}, max_neg={max_neg}")
+        theta = theta.detach().clone() if torch.is_tensor(theta) else torch.tensor(float(theta))
+        self.register_buffer("theta", theta)
+        self.max_pos = int(max_pos)
+        self.max_neg = int(max_neg)
+        self.init_membrane = float(init_membrane)
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        self.membrane: torch.Tensor | None = None
+        self.spike_counts: list[torch.Tensor] = []   # per step: sum of |s| over batch
+        self.spike_events: list[torch.Tensor] = []   # per step: number of non-zero outputs
+        self.batch_size = 0
+        self.neurons_per_sample = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        currents = self.split_time(x)
+        if self.membrane is None:
+            self.membrane = torch.full_like(currents[0], self.init_membrane)
+            self.batch_size = currents.shape[1]
+            self.neurons_per_sample = currents[0, 0].numel()
+        spikes = []
+        for current in currents:
+            u = self.membrane + current / self.theta
+            s = torch.clamp(torch.floor(u), -self.max_neg, self.max_pos)
+            self.membrane = u - s
+            spikes.append(s)
+            self.spike_counts.append(s.abs().sum(dtype=torch.float64))
+            self.spike_events.append((s != 0).sum())
+        return (torch.stack(spikes) * self.theta).reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"theta={self.theta.item():.4g}, max_pos={self.max_pos}, max_neg={self.max_neg}, init_membrane={self.init_membrane}"
+
+
+def aif_neuron(step_size: torch.Tensor, min_level: int, max_level: int) -> SpikingNeuron:
+    """AIF neuron that is lossless for a PQA with θ = λ/L and levels in [αL, βL]."""
+    return SpikingNeuron(step_size, max_pos=max_level, max_neg=-min_level, init_membrane=0.5)
+
+
+def if_neuron(threshold: torch.Tensor) -> SpikingNeuron:
+    """QCFS's IF neuron: threshold λ, at most one positive spike per step, v(0) = λ/2."""
+    return SpikingNeuron(threshold, max_pos=1, max_neg=0, init_membrane=0.5)
+
+
+def multistep_modules(model: nn.Module) -> dict[str, MultiStepModule]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, MultiStepModule)}
+
+
+def spiking_neurons(model: nn.Module) -> dict[str, SpikingNeuron]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, SpikingNeuron)}

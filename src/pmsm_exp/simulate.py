@@ -1,0 +1,82 @@
+"""Run an SNN for T timesteps in multi-step form.
+
+Timestep 1 runs as its own call with exactly the QANN's batch shape, so every
+layer (conv algorithm choice included) computes exactly what the QANN
+computes; timesteps 2..T then run in chunks with `steps * N` as the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pmsm_exp.neurons import multistep_modules, spiking_neurons
+
+ENCODINGS = ("static", "first")  # image at every step (CNNs) / at step 1 only, zeros after (ViT)
+READOUTS = ("mean", "sum")
+
+
+@dataclass
+class SimulationResult:
+    outputs: torch.Tensor                   # [T, N, C]: the network's answer at t = 1..T
+    spike_counts: dict[str, torch.Tensor]   # layer -> [T]: sum of |s| over the batch at each step
+    spike_events: dict[str, torch.Tensor]   # layer -> [T]: non-zero outputs over the batch at each step
+    neurons: dict[str, int]                 # layer -> neurons per sample
+    batch_size: int
+
+    @property
+    def timesteps(self) -> int:
+        return self.outputs.shape[0]
+
+
+def _check(timesteps: int, encoding: str, readout: str) -> None:
+    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
+        raise ValueError(f"timesteps must be a positive integer, got {timesteps!r}")
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}; valid: {', '.join(ENCODINGS)}")
+    if readout not in READOUTS:
+        raise ValueError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
+
+
+def reset_snn(snn: nn.Module) -> None:
+    for m in multistep_modules(snn).values():
+        m.reset_state()
+
+
+@torch.no_grad()
+def simulate(snn: nn.Module, x: torch.Tensor, timesteps: int, encoding: str = "static",
+             readout: str = "mean", chunk: int | None = None) -> SimulationResult:
+    """Present `x` for `timesteps` steps; readout 'mean' averages the output layer over
+    steps 1..t (rate/PSP readout), 'sum' accumulates it (ViT's difference outputs).
+    `chunk` bounds how many steps share one call (memory); None = all of 2..T at once."""
+    _check(timesteps, encoding, readout)
+    snn.eval()
+    reset_snn(snn)
+    stateful = multistep_modules(snn).values()
+    outputs, done = [], 0
+    while done < timesteps:
+        steps = 1 if done == 0 else min(chunk or timesteps, timesteps - done)
+        for m in stateful:
+            m.steps = steps
+        if done == 0:
+            inputs = x
+        elif encoding == "static":
+            inputs = x.unsqueeze(0).expand(steps, *x.shape).reshape(steps * x.shape[0], *x.shape[1:])
+        else:
+            inputs = x.new_zeros(steps * x.shape[0], *x.shape[1:])
+        y = snn(inputs)
+        outputs.append(y.reshape(steps, x.shape[0], *y.shape[1:]))
+        done += steps
+    outputs = torch.cat(outputs).cumsum(0)
+    if readout == "mean":
+        t = torch.arange(1, timesteps + 1, device=outputs.device, dtype=outputs.dtype)
+        outputs = outputs / t.reshape(-1, *[1] * (outputs.dim() - 1))
+    neurons = spiking_neurons(snn)
+    return SimulationResult(
+        outputs=outputs,
+        spike_counts={n: torch.stack(m.spike_counts) for n, m in neurons.items()},
+        spike_events={n: torch.stack(m.spike_events) for n, m in neurons.items()},
+        neurons={n: m.neurons_per_sample for n, m in neurons.items()},
+        batch_size=x.shape[0],
+    )

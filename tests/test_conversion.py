@@ -1,0 +1,143 @@
+import pytest
+import torch
+from torch import nn
+
+from helpers import random_qann
+from pmsm_exp.conversion import convert_to_snn
+from pmsm_exp.models import create_model
+from pmsm_exp.neurons import SpikingNeuron, spiking_neurons
+from pmsm_exp.quant import PQA, make_activation, pqa_layers
+from pmsm_exp.simulate import simulate
+
+SETTINGS = [(8, -0.25, 1.0), (8, -1.0, 1.0), (4, -0.5, 0.75), (16, -0.125, 0.5)]
+
+
+def quantized_level_sums(model, x):
+    """Σ|k| per PQA layer in the quantized ANN (what the AIF layers must emit at t = 1)."""
+    sums, hooks = {}, []
+    for name, q in pqa_layers(model).items():
+        hooks.append(q.register_forward_hook(
+            lambda m, inp, out, name=name: sums.__setitem__(name, m.quantized_levels(inp[0]).abs().sum().item())))
+    with torch.no_grad():
+        logits = model(x)
+    for h in hooks:
+        h.remove()
+    return logits, sums
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "vgg16"])
+@pytest.mark.parametrize("levels, alpha, beta", SETTINGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_snn_first_step_equals_quantized_ann(arch, levels, alpha, beta, dtype):
+    qann = random_qann(arch, levels, alpha, beta, seed=levels).to(dtype)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    logits, level_sums = quantized_level_sums(qann, x)
+    result = simulate(convert_to_snn(qann), x, timesteps=1)
+    first = result.outputs[0]
+    assert (first - logits).abs().max() <= 1e-5 * logits.abs().max()
+    assert torch.equal(first.argmax(1), logits.argmax(1))
+    assert {n: c[0].item() for n, c in result.spike_counts.items()} == level_sums
+    assert sum(level_sums.values()) > 0
+
+
+def test_first_step_exact_inside_longer_run():
+    qann = random_qann("resnet20", 8, -0.25, 1.0, seed=3)
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        logits = qann(x)
+    result = simulate(convert_to_snn(qann), x, timesteps=6)
+    assert torch.equal(result.outputs[0], logits)
+
+
+def test_multistep_matches_step_by_step_reference():
+    snn = convert_to_snn(random_qann("resnet20", 8, -0.25, 1.0, seed=4))
+    x = torch.randn(4, 3, 32, 32)
+    together = simulate(snn, x, timesteps=5)
+    one_by_one = simulate(snn, x, timesteps=5, chunk=1)
+    assert torch.allclose(together.outputs, one_by_one.outputs, atol=1e-5)
+    for name in together.spike_counts:
+        assert torch.allclose(together.spike_counts[name], one_by_one.spike_counts[name], rtol=1e-3)
+
+
+def test_pmsm_stays_close_to_quantized_ann_over_time():
+    qann = random_qann("resnet20", 8, -1.0, 1.0, seed=5)
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        target = qann(x).argmax(1)
+    outputs = simulate(convert_to_snn(qann), x, timesteps=8).outputs
+    agreement = (outputs.argmax(2) == target).float().mean(1)
+    assert agreement[0] == 1.0
+    assert agreement[-1] >= 0.9
+
+
+def test_qcfs_if_neuron_differs_at_first_step_and_error_shrinks():
+    qann = random_qann("resnet20", 8, 0.0, 1.0, seed=6)
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = qann(x)
+    snn = convert_to_snn(qann, neuron="if")
+    assert all(n.max_pos == 1 and n.max_neg == 0 for n in spiking_neurons(snn).values())
+    outputs = simulate(snn, x, timesteps=64).outputs
+    error = (outputs - logits).abs().mean(dim=(1, 2))
+    assert error[0] > 1e-2 * logits.abs().mean()
+    assert error[63] < 0.5 * error[0]
+    assert error[31] < error[3]
+    # the AIF conversion of the same QCFS-style model is exact at t = 1
+    assert torch.equal(simulate(convert_to_snn(qann), x, 1).outputs[0], logits)
+
+
+def test_conversion_maps_parameters():
+    qann = random_qann("resnet20", 8, -0.25, 1.0, seed=7)
+    snn = convert_to_snn(qann)
+    quantizers, neurons = pqa_layers(qann), spiking_neurons(snn)
+    assert quantizers.keys() == neurons.keys() and len(neurons) == 19
+    for name, q in quantizers.items():
+        n = neurons[name]
+        assert n.theta.item() == q.threshold.item() / 8 and n.max_pos == 8 and n.max_neg == 2
+        assert n.init_membrane == 0.5
+    assert pqa_layers(snn) == {} and len(pqa_layers(qann)) == 19  # original untouched
+
+
+def test_refuses_unconverted_activation_naming_path():
+    model = create_model("resnet20", 10, make_activation("pqa"))
+    model.stages[1][2].act2 = nn.GELU()
+    with pytest.raises(ValueError, match=r"'stages\.1\.2\.act2' \(GELU\)"):
+        convert_to_snn(model)
+    with pytest.raises(ValueError, match=r"'features\.2' \(ReLU\)"):
+        convert_to_snn(create_model("vgg16", 10, nn.ReLU))
+
+
+def test_refuses_unknown_quantizer_and_bad_neuron():
+    class MyQuantizer(nn.Module):
+        def forward(self, x):
+            return x
+
+    model = nn.Sequential(nn.Linear(4, 4), MyQuantizer())
+    with pytest.raises(ValueError, match=r"'1' \(MyQuantizer\)"):
+        convert_to_snn(model)
+    with pytest.raises(ValueError, match="unknown neuron 'lif'.*aif, if"):
+        convert_to_snn(nn.Sequential(nn.Linear(4, 4), PQA()), neuron="lif")
+    with pytest.raises(ValueError, match="alpha=0.*alpha=-0.25"):
+        convert_to_snn(nn.Sequential(nn.Linear(4, 4), PQA()), neuron="if")
+
+
+def test_simulate_rejects_bad_arguments():
+    snn = convert_to_snn(nn.Sequential(nn.Linear(4, 4), PQA()))
+    with pytest.raises(ValueError, match="timesteps.*0"):
+        simulate(snn, torch.zeros(2, 4), 0)
+    with pytest.raises(ValueError, match="encoding 'poisson'"):
+        simulate(snn, torch.zeros(2, 4), 2, encoding="poisson")
+
+
+def test_first_encoding_and_sum_readout():
+    snn = convert_to_snn(nn.Sequential(nn.Identity(), PQA(levels=4, alpha=-1, beta=1, threshold=4.0)))
+    x = torch.tensor([[0.3, -2.6, 1.5]])
+    result = simulate(snn, x, 3, encoding="first", readout="sum")
+    # θ = 1: step 1 emits round-half-up(x); zero input afterwards leaves the residue below threshold
+    assert result.outputs[:, 0].tolist() == [[0.0, -3.0, 2.0]] * 3
+    assert isinstance(spiking_neurons(snn)["1"], SpikingNeuron)
+
+
+def test_model_registry_errors():
+    with pytest.raises(ValueError, match="unknown model 'resnet18'.*resnet20.*vgg16"):
+        create_model("resnet18")

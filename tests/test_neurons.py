@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from pmsm_exp.neurons import SpikingNeuron, aif_neuron, if_neuron
+
+
+def run(neuron, currents):
+    """currents: [T, N, ...]; returns spikes [T, N, ...] (outputs / θ)."""
+    neuron.steps = currents.shape[0]
+    out = neuron(currents.reshape(-1, *currents.shape[2:]))
+    return (out / neuron.theta).reshape(currents.shape)
+
+
+def test_bounds_respected_per_step():
+    n = aif_neuron(torch.tensor(0.5), min_level=-2, max_level=8)
+    s = run(n, torch.randn(6, 50, 7) * 20)
+    assert s.max() == 8 and s.min() == -2
+    assert torch.equal(s, s.round())
+
+
+def test_soft_reset_keeps_membrane_in_unit_interval_when_not_clipped():
+    n = aif_neuron(torch.tensor(0.25), min_level=-100, max_level=100)
+    run(n, torch.rand(10, 64) * 4 - 2)  # never clipped at ±100
+    v = n.membrane * n.theta
+    assert (v >= 0).all() and (v < n.theta).all()
+
+
+def test_negative_input_gives_negative_spikes():
+    n = aif_neuron(torch.tensor(1.0), min_level=-4, max_level=4)
+    s = run(n, torch.full((1, 3), -2.2))
+    assert s.tolist() == [[-2.0, -2.0, -2.0]]
+
+
+def test_constant_input_rate_converges_to_input():
+    n = aif_neuron(torch.tensor(1.0), min_level=-8, max_level=8)
+    z = torch.tensor([0.3, -0.7, 2.45])
+    s = run(n, z.expand(40, 3).clone())
+    assert torch.allclose(s.mean(0), z, atol=1 / 40 + 1e-6)
+
+
+def test_spike_counting_and_events():
+    n = aif_neuron(torch.tensor(1.0), min_level=-2, max_level=3)
+    currents = torch.tensor([[[2.0, -1.6, 0.2]], [[0.0, 0.0, 5.0]]])  # T=2, N=1
+    s = run(n, currents)
+    assert s.tolist() == [[[2.0, -2.0, 0.0]], [[0.0, 0.0, 3.0]]]  # u after t1: .5, .9, .7
+    assert [c.item() for c in n.spike_counts] == [4.0, 3.0]
+    assert [e.item() for e in n.spike_events] == [2, 1]
+    assert n.neurons_per_sample == 3 and n.batch_size == 1
+
+
+def test_reset_between_batches():
+    n = aif_neuron(torch.tensor(1.0), min_level=-2, max_level=3)
+    first = run(n, torch.full((1, 2), 0.4))       # u = .9 -> 0 spikes, membrane .9
+    second = run(n, torch.full((1, 2), 0.4))      # continues: u = 1.3 -> 1 spike
+    n.reset_state()
+    third = run(n, torch.full((1, 2), 0.4))
+    assert first.sum() == 0 and second.sum() == 2 and third.sum() == 0
+    assert len(n.spike_counts) == 1
+
+
+def test_if_neuron_one_positive_spike_of_threshold():
+    n = if_neuron(torch.tensor(2.0))
+    out = n.steps = 3
+    out = n(torch.tensor([5.0, -5.0, 1.2]).repeat(3))
+    assert set(out.tolist()) <= {0.0, 2.0}
+    assert out.reshape(3, 3)[:, 1].eq(0).all()
+
+
+def test_invalid_bounds():
+    with pytest.raises(ValueError, match="max_pos=0, max_neg=0"):
+        SpikingNeuron(1.0, 0, 0)
+
+
+def test_batch_not_multiple_of_steps():
+    n = aif_neuron(torch.tensor(1.0), -1, 1)
+    n.steps = 3
+    with pytest.raises(ValueError, match="steps=3"):
+        n(torch.zeros(4, 2))
