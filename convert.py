@@ -1,0 +1,19 @@
+"""Convert a trained checkpoint to an SNN and evaluate it; trains nothing.
+
+    python convert.py ckpt_path=logs/train/runs/<date>/checkpoints/last.ckpt snn.timesteps=16
+"""
+import hydra
+from omegaconf import DictConfig
+
+from pmsm_exp import pipeline
+from pmsm_exp.cli import readable_errors
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="convert")
+@readable_errors
+def main(cfg: DictConfig) -> None:
+    pipeline.convert(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""LightningModules: training the quantized ANN, and evaluating it beside its SNN."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from pmsm_exp.analysis.energy import power_mw
+from pmsm_exp.quant import pqa_layers
+from pmsm_exp.simulate import simulate
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("cosine", "none")
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Linear warmup, then cosine decay to 0 (or constant)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "none":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class QANNModule(L.LightningModule):
+    """Trains a (quantized) ANN with cross-entropy; logs accuracy and every layer's λ.
+
+    `run_config` (the resolved Hydra config) is stored in every checkpoint so
+    that convert.py can rebuild the model without being told how.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, optim: dict, run_config: dict | None = None):
+        super().__init__()
+        self.model = model
+        self.optim = dict(optim)
+        self.run_config = run_config or {}
+        if self.optim["name"] not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optim['name']!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.optim.get("scheduler", "cosine") not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.optim['scheduler']!r}; valid: {', '.join(SCHEDULERS)}")
+        self.mixup = self._make_mixup(num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def _make_mixup(self, num_classes: int):
+        mix = self.optim.get("mixup") or {}
+        if not (mix.get("mixup_alpha", 0) or mix.get("cutmix_alpha", 0)):
+            return None
+        from timm.data import Mixup
+        return Mixup(num_classes=num_classes, label_smoothing=self.optim.get("label_smoothing", 0.0), **mix)
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.mixup is not None and x.shape[0] % 2 == 0:
+            x_mixed, soft_targets = self.mixup(x, y)
+            logits = self(x_mixed)
+            loss = torch.sum(-soft_targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        else:
+            logits = self(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.optim.get("label_smoothing", 0.0))
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits, y)
+        self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+
+    def on_train_epoch_end(self):
+        for name, q in pqa_layers(self.model).items():
+            self.log(f"lambda/{name}", q.threshold.detach(), on_epoch=True)
+
+    def configure_optimizers(self):
+        o = self.optim
+        lr = o["lr"] * (self._batch_size() / 256 if o.get("scale_lr_by_batch") else 1.0)
+        if o["name"] == "sgd":
+            opt = torch.optim.SGD(self.parameters(), lr=lr, momentum=o.get("momentum", 0.9),
+                                  weight_decay=o.get("weight_decay", 0.0))
+        else:
+            opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=o.get("weight_decay", 0.0),
+                                    betas=tuple(o.get("betas", (0.9, 0.999))))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = int(o.get("warmup_epochs", 0) * per_epoch)
+        schedule = o.get("scheduler", "cosine")
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup, schedule))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _batch_size(self) -> int:
+        loader = self.trainer.datamodule.train_dataloader() if self.trainer.datamodule else None
+        return getattr(loader, "batch_size", None) or 256
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["pmsm_config"] = self.run_config
+
+
+class EvalModule(L.LightningModule):
+    """One pass over the test set: QANN accuracy, and (if an SNN is given) SNN
+    accuracy, agreement with the QANN and spike counts at every t = 1..T."""
+
+    def __init__(self, qann: nn.Module, snn: nn.Module | None = None, timesteps: int = 8,
+                 encoding: str = "static", readout: str = "mean", chunk: int | None = None):
+        super().__init__()
+        self.qann, self.snn = qann.eval(), snn
+        self.timesteps, self.encoding, self.readout, self.chunk = timesteps, encoding, readout, chunk
+        self.sums: dict[str, torch.Tensor] = {}
+        self.layer_sums: dict[str, torch.Tensor] = {}
+
+    def _add(self, store: dict, key: str, value: torch.Tensor) -> None:
+        value = value.detach().double()
+        store[key] = store[key] + value if key in store else value
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        with torch.no_grad():
+            qann_pred = self.qann(x).argmax(1)
+        self._add(self.sums, "images", torch.tensor(float(len(y)), device=x.device))
+        self._add(self.sums, "qann_correct", (qann_pred == y).sum())
+        if self.snn is None:
+            return
+        r = simulate(self.snn, x, self.timesteps, self.encoding, self.readout, self.chunk)
+        pred = r.outputs.argmax(-1)                                    # [T, N]
+        self._add(self.sums, "snn_correct", (pred == y).sum(1))
+        self._add(self.sums, "agree", (pred == qann_pred).sum(1))
+        for name, counts in r.spike_counts.items():
+            self._add(self.layer_sums, name, counts)
+        for name, events in r.spike_events.items():
+            self._add(self.sums, "events", events)
+
+    def _reduced(self, store: dict) -> dict[str, torch.Tensor]:
+        return {k: self.trainer.strategy.reduce(v, reduce_op="sum") if self.trainer.world_size > 1 else v
+                for k, v in store.items()}
+
+    def on_test_epoch_end(self):
+        sums, layers = self._reduced(self.sums), self._reduced(self.layer_sums)
+        n = sums["images"].item()
+        self.results = {"qann": {"test_acc": sums["qann_correct"].item() / n}}
+        self.log("qann/test_acc", self.results["qann"]["test_acc"])
+        if self.snn is None:
+            return
+        # cumulative over steps 1..T, per image: the paper's Table 3 counts spikes that way
+        layer_spikes = {k: (v.cumsum(0) / n).tolist() for k, v in layers.items()}
+        spikes = [sum(v[t] for v in layer_spikes.values()) for t in range(self.timesteps)]
+        timesteps = list(range(1, self.timesteps + 1))
+        self.results["snn"] = {
+            "timesteps": timesteps,
+            "test_acc": (sums["snn_correct"] / n).tolist(),
+            "agreement": (sums["agree"] / n).tolist(),
+            "spikes_per_image": spikes,
+            "spike_events_per_image": (sums["events"].cumsum(0) / n).tolist(),
+            "power_mw": [power_mw(s, t) for s, t in zip(spikes, timesteps)],
+            "layer_spikes": layer_spikes,
+        }
+        for t, acc, agree in zip(timesteps, self.results["snn"]["test_acc"], self.results["snn"]["agreement"]):
+            self.log(f"snn/test_acc_t{t}", acc)
+            self.log(f"snn/agreement_t{t}", agree)

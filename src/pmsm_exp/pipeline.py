@@ -1,0 +1,198 @@
+"""What train.py and convert.py do, top to bottom: config -> data + model ->
+train (QANN) -> convert -> simulate -> metrics.json, W&B and a terminal table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from pmsm_exp.analysis.entropy import PAPER_ALPHAS, PAPER_BETAS, choose_alpha_beta
+from pmsm_exp.conversion import convert_to_snn
+from pmsm_exp.data import create_datamodule
+from pmsm_exp.lit import EvalModule, QANNModule
+from pmsm_exp.models import create_model
+from pmsm_exp.quant import make_activation
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------- building
+def build_datamodule(data_cfg) -> L.LightningDataModule:
+    kwargs = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
+    return create_datamodule(kwargs.pop("name"), **kwargs)
+
+
+def resolve_pqa(pqa_cfg) -> dict:
+    """The pqa config as plain values; alpha/beta 'auto' pick the grid point whose
+    entropy ratio H(PQA)/H(BN) is closest to 1 (the paper's strategy)."""
+    pqa = OmegaConf.to_container(pqa_cfg, resolve=True) if isinstance(pqa_cfg, DictConfig) else dict(pqa_cfg)
+    auto = [k for k in ("alpha", "beta") if pqa[k] == "auto"]
+    if auto:
+        alphas = PAPER_ALPHAS if "alpha" in auto else (float(pqa["alpha"]),)
+        betas = PAPER_BETAS if "beta" in auto else (float(pqa["beta"]),)
+        alpha, beta, ratio = choose_alpha_beta(pqa["levels"], pqa["threshold"], alphas, betas)
+        pqa.update(alpha=alpha, beta=beta, entropy_choice={"auto": auto, "ratio": ratio,
+                                                           "alphas": list(alphas), "betas": list(betas)})
+    pqa["alpha"], pqa["beta"] = float(pqa["alpha"]), float(pqa["beta"])
+    return pqa
+
+
+def build_model(model_cfg, pqa: dict, num_classes: int) -> torch.nn.Module:
+    activation = make_activation(pqa["kind"], pqa["levels"], pqa["alpha"], pqa["beta"], pqa["threshold"])
+    kwargs = OmegaConf.to_container(model_cfg.kwargs, resolve=True) if "kwargs" in model_cfg else {}
+    return create_model(model_cfg.name, num_classes, activation, **(kwargs or {}))
+
+
+def build_loggers(cfg) -> list:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+
+
+def build_trainer(cfg, loggers, callbacks=(), **overrides) -> L.Trainer:
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=list(callbacks), **overrides)
+
+
+def snn_settings(cfg, model, pqa: dict) -> dict:
+    snn = cfg.snn
+    encoding = snn.encoding if snn.encoding != "auto" else getattr(model, "snn_encoding", "static")
+    readout = snn.readout if snn.readout != "auto" else ("mean" if encoding == "static" else "sum")
+    return {"neuron": snn.neuron or pqa["neuron"], "timesteps": int(snn.timesteps),
+            "encoding": encoding, "readout": readout, "chunk": snn.chunk}
+
+
+# ---------------------------------------------------------------- evaluating
+def evaluate(cfg, qann, datamodule, pqa: dict, loggers) -> tuple[dict, dict]:
+    """QANN accuracy and, unless the model is a float ANN, its SNN at t = 1..T."""
+    settings = snn_settings(cfg, qann, pqa)
+    snn = None if settings["neuron"] == "none" else convert_to_snn(qann, settings["neuron"])
+    module = EvalModule(qann, snn, settings["timesteps"], settings["encoding"], settings["readout"], settings["chunk"])
+    trainer = build_trainer(cfg, loggers, max_epochs=1)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    return module.results, settings
+
+
+def run_record(cfg, pqa: dict, settings: dict, extra: dict | None = None) -> dict:
+    record = {
+        "task": cfg.task_name,
+        "model": cfg.model.name, "data": cfg.data.name, "method": pqa["method"],
+        "pqa": {k: pqa[k] for k in ("levels", "alpha", "beta", "threshold")},
+        "seed": int(cfg.seed), "overrides": list(HydraConfig.get().overrides.task),
+        "snn": settings,
+    }
+    if "entropy_choice" in pqa:
+        record["pqa"]["entropy_choice"] = pqa["entropy_choice"]
+    return {**record, **(extra or {})}
+
+
+def finish(cfg, record: dict, results: dict, loggers) -> dict:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    metrics = {"run": record, **results}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.summary.update(flatten({"qann": results["qann"], "snn": results.get("snn", {})}))
+            logger.experiment.config.update({"run": record}, allow_val_change=True)
+    print(summary_table(metrics, out_dir))
+    close_wandb()
+    return metrics
+
+
+def close_wandb() -> None:
+    """One W&B run per job: without this a multirun logs every job into the first run."""
+    import wandb
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def summary_table(metrics: dict, out_dir: Path) -> str:
+    run, snn = metrics["run"], metrics.get("snn")
+    lines = [f"\n{run['model']} on {run['data']}, {run['method']} "
+             f"(L={run['pqa']['levels']}, alpha={run['pqa']['alpha']}, beta={run['pqa']['beta']})",
+             f"QANN test accuracy: {100 * metrics['qann']['test_acc']:.2f}%"]
+    if snn:
+        lines.append(f"{'T':>4} {'SNN acc':>9} {'agreement':>10} {'spikes/img':>12} {'power mW':>10}")
+        for i, t in enumerate(snn["timesteps"]):
+            lines.append(f"{t:>4} {100 * snn['test_acc'][i]:>8.2f}% {100 * snn['agreement'][i]:>9.2f}% "
+                         f"{snn['spikes_per_image'][i]:>12.4g} {snn['power_mw'][i]:>10.4g}")
+    lines.append(f"run directory: {out_dir}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the two jobs
+def train(cfg) -> dict:
+    L.seed_everything(cfg.seed, workers=True)
+    pqa = resolve_pqa(cfg.pqa)
+    datamodule = build_datamodule(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = build_model(cfg.model, pqa, datamodule.num_classes)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    run_config["pqa"] = pqa
+    module = QANNModule(model, datamodule.num_classes, OmegaConf.to_container(cfg.optim, resolve=True), run_config)
+    loggers = build_loggers(cfg)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer = build_trainer(cfg, loggers, callbacks)
+    trainer.fit(module, datamodule=datamodule)
+    checkpoint = trainer.checkpoint_callback
+    ckpt_path = checkpoint.last_model_path if checkpoint else ""
+    if cfg.eval_checkpoint == "best" and checkpoint and checkpoint.best_model_path:
+        ckpt_path = checkpoint.best_model_path
+        module.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"])
+    results, settings = evaluate(cfg, module.model, datamodule, pqa, loggers)
+    return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": ckpt_path}), results, loggers)
+
+
+def load_checkpoint(path: str) -> tuple[dict, dict]:
+    """(the run config stored by train.py, the model's state dict)."""
+    file = Path(path)
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint not found: {file} (give ckpt_path=PATH to a .ckpt written by train.py, "
+                              f"e.g. logs/train/runs/<date>/checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises several types for a damaged file
+        raise CheckpointError(f"cannot read checkpoint {file}: {type(err).__name__}: {err}".splitlines()[0]) from None
+    if not isinstance(ckpt, dict) or "pmsm_config" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{file} is not a pmsm-exp checkpoint (no 'pmsm_config'/'state_dict'); "
+                              "convert.py needs a checkpoint written by train.py")
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    return ckpt["pmsm_config"], state
+
+
+def convert(cfg) -> dict:
+    stored, state = load_checkpoint(cfg.ckpt_path)
+    L.seed_everything(cfg.seed, workers=True)
+    data_overrides = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if v is not None}
+    OmegaConf.set_struct(cfg, False)
+    cfg.model = stored["model"]
+    cfg.data = {**stored["data"], **data_overrides}
+    cfg.pqa = {k: v for k, v in stored["pqa"].items() if k != "entropy_choice"}
+    pqa = stored["pqa"]
+    datamodule = build_datamodule(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    model = build_model(cfg.model, pqa, datamodule.num_classes)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {cfg.ckpt_path} does not fit model {cfg.model.name}: "
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    loggers = build_loggers(cfg)
+    results, settings = evaluate(cfg, model, datamodule, pqa, loggers)
+    return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": str(cfg.ckpt_path)}), results, loggers)

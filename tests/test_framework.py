@@ -1,0 +1,162 @@
+"""Hydra composition and the train.py / convert.py entry points, run as a user runs them."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+
+from pmsm_exp import pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+TINY = {"data": "synthetic", "model": "resnet20", "epochs": 2, "data.train_size": 128, "data.test_size": 64,
+        "data.batch_size": 32, "snn.timesteps": 3, "trainer.log_every_n_steps": 1}
+
+
+def tiny(**changes):
+    return [f"{k}={v}" for k, v in {**TINY, **{k.replace("__", "."): v for k, v in changes.items()}}.items()]
+
+
+def group_options(group):
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+def run(script, *overrides, log_dir, check=True):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / script), *overrides, f"paths.log_dir={log_dir}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def compose_train(*overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("group", ["model", "data", "pqa", "snn", "trainer", "logger", "callbacks", "experiment"])
+def test_every_option_composes(group, tmp_path):
+    for option in group_options(group):
+        cfg = compose_train(f"{group}={option}", f"paths.data_dir={tmp_path}")
+        HydraConfig.instance().set_config(cfg)
+        cfg.paths.output_dir = str(tmp_path)
+        if group == "experiment":
+            assert cfg.experiment_name == option  # W&B groups runs by experiment
+        elif group in ("model", "pqa"):
+            pqa = pipeline.resolve_pqa(cfg.pqa)
+            model = pipeline.build_model(cfg.model, pqa, 10)
+            assert isinstance(model, torch.nn.Module)
+        elif group == "data":
+            assert pipeline.build_datamodule(cfg.data) is not None
+        elif group == "trainer" and option == "cpu":
+            assert pipeline.build_trainer(cfg, []).max_epochs == cfg.epochs
+        elif group in ("logger", "callbacks"):
+            for node in (cfg[group] or {}).values():
+                assert instantiate(node) is not None
+    pipeline.close_wandb()
+
+
+def test_auto_alpha_beta_records_entropy_choice():
+    cfg = compose_train("pqa.alpha=auto", "pqa.beta=1.0")
+    pqa = pipeline.resolve_pqa(cfg.pqa)
+    assert pqa["alpha"] in [-0.125 * i for i in range(1, 9)] and pqa["beta"] == 1.0
+    assert abs(pqa["entropy_choice"]["ratio"] - 1) < 0.05
+
+
+@pytest.fixture(scope="module")
+def train_run(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("logs")
+    proc = run("train.py", *tiny(), log_dir=logs)
+    run_dir = next((logs / "train" / "runs").iterdir())
+    return run_dir, json.loads((run_dir / "metrics.json").read_text()), proc.stdout
+
+
+def test_train_writes_metrics_checkpoint_and_wandb(train_run):
+    run_dir, metrics, stdout = train_run
+    assert set(metrics) == {"run", "qann", "snn"}
+    r = metrics["run"]
+    assert (r["model"], r["data"], r["method"], r["seed"]) == ("resnet20", "synthetic", "pmsm", 42)
+    assert r["pqa"]["levels"] == 8 and r["pqa"]["alpha"] == -0.25 and r["pqa"]["beta"] == 1.0
+    assert "data=synthetic" in r["overrides"]
+    snn = metrics["snn"]
+    assert snn["timesteps"] == [1, 2, 3]
+    for key in ("test_acc", "agreement", "spikes_per_image", "power_mw"):
+        assert len(snn[key]) == 3
+    assert all(0 <= a <= 1 for a in snn["test_acc"] + snn["agreement"])
+    assert 0 <= metrics["qann"]["test_acc"] <= 1
+    assert snn["test_acc"][0] == metrics["qann"]["test_acc"]      # lossless first step
+    assert snn["agreement"][0] == 1.0
+    assert len(snn["layer_spikes"]) == 19 and snn["spikes_per_image"][2] > snn["spikes_per_image"][0] > 0
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert "QANN test accuracy" in stdout and str(run_dir.name) in stdout
+
+
+def test_convert_reproduces_train_run(train_run, tmp_path):
+    run_dir, metrics, _ = train_run
+    run("convert.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "snn.timesteps=3", log_dir=tmp_path)
+    converted = json.loads(next((tmp_path / "convert" / "runs").glob("*/metrics.json")).read_text())
+    assert converted["qann"] == metrics["qann"]
+    for key in ("test_acc", "agreement", "spikes_per_image"):
+        assert converted["snn"][key] == pytest.approx(metrics["snn"][key], rel=1e-6)
+    assert converted["run"]["task"] == "convert" and converted["run"]["pqa"] == metrics["run"]["pqa"]
+
+
+def test_multirun_sweeps_alpha(tmp_path):
+    run("train.py", "-m", "pqa.alpha=-0.125,-0.25", *tiny(epochs=1, snn__timesteps=2, logger="csv"), log_dir=tmp_path)
+    found = sorted(json.loads(p.read_text())["run"]["pqa"]["alpha"]
+                   for p in (tmp_path / "train" / "multiruns").glob("*/*/metrics.json"))
+    assert found == [-0.25, -0.125]
+
+
+def shared_cifar10():
+    base = Path(os.environ.get("PMSM_SHARED_DATA", ROOT.parent / "shared" / "data")) / "cifar10"
+    return base if (base / "materialize.py").is_file() else None
+
+
+@pytest.mark.skipif(shared_cifar10() is None, reason="real CIFAR-10 files (../shared/data/cifar10) are absent")
+def test_real_cifar10_end_to_end(tmp_path):
+    subprocess.run([sys.executable, str(shared_cifar10() / "materialize.py"), str(tmp_path / "data"),
+                    "--train", "300", "--test", "200"], check=True, capture_output=True)
+    run("train.py", "data=cifar10", f"paths.data_dir={tmp_path / 'data'}", "epochs=1", "data.batch_size=100",
+        "data.num_workers=0", "snn.timesteps=2", "logger=csv", log_dir=tmp_path / "logs")
+    metrics = json.loads(next((tmp_path / "logs").rglob("metrics.json")).read_text())
+    assert metrics["run"]["data"] == "cifar10"
+    assert metrics["snn"]["agreement"][0] == 1.0
+    assert metrics["snn"]["test_acc"][0] == metrics["qann"]["test_acc"]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model=resnet18", ["resnet20", "vgg16"]),
+    ("data=mnist", ["cifar10", "cifar100", "synthetic"]),
+    ("pqa=lsq", ["pmsm", "qcfs"]),
+])
+def test_unknown_option_lists_valid_ones(override, expected, tmp_path):
+    proc = run("train.py", override, log_dir=tmp_path, check=False)
+    assert proc.returncode != 0
+    for name in expected:
+        assert name in proc.stderr
+
+
+def test_missing_dataset_is_one_readable_line(tmp_path):
+    proc = run("train.py", "data=cifar10", f"paths.data_dir={tmp_path / 'nowhere'}", log_dir=tmp_path, check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "cifar-10-batches-py" in last and "download" in last
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_and_corrupt_checkpoint(tmp_path):
+    proc = run("convert.py", f"ckpt_path={tmp_path / 'none.ckpt'}", log_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    proc = run("convert.py", f"ckpt_path={bad}", log_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and "cannot read checkpoint" in proc.stderr and "Traceback" not in proc.stderr
