@@ -73,14 +73,14 @@ def test_auto_alpha_beta_records_entropy_choice():
 @pytest.fixture(scope="module")
 def train_run(tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
-    proc = run("train.py", *tiny(), log_dir=logs)
+    proc = run("train.py", *tiny(analysis="full", analysis__max_batches=1), log_dir=logs)
     run_dir = next((logs / "train" / "runs").iterdir())
     return run_dir, json.loads((run_dir / "metrics.json").read_text()), proc.stdout
 
 
 def test_train_writes_metrics_checkpoint_and_wandb(train_run):
     run_dir, metrics, stdout = train_run
-    assert set(metrics) == {"run", "qann", "snn"}
+    assert set(metrics) == {"run", "qann", "snn", "analysis"}
     r = metrics["run"]
     assert (r["model"], r["data"], r["method"], r["seed"]) == ("resnet20", "synthetic", "pmsm", 42)
     assert r["pqa"]["levels"] == 8 and r["pqa"]["alpha"] == -0.25 and r["pqa"]["beta"] == 1.0
@@ -97,6 +97,17 @@ def test_train_writes_metrics_checkpoint_and_wandb(train_run):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert "QANN test accuracy" in stdout and str(run_dir.name) in stdout
+
+
+def test_train_with_analysis_writes_files(train_run, tmp_path):
+    run_dir, metrics, _ = train_run
+    analysis = metrics["analysis"]
+    assert analysis["conversion_error_mean"][0] <= 1e-6 < analysis["spikes_up_to"][0]
+    for name in ("energy.json", "layer_spikes.csv", "conversion_error.csv", "layer_spikes.png"):
+        assert (run_dir / "analysis" / name).stat().st_size > 0
+    from pmsm_exp.analysis import compare
+    compare.main([f"A={run_dir}", f"B={run_dir}", "--out", str(tmp_path)])
+    assert (tmp_path / "energy_comparison.csv").read_text().count("\n") == 1 + 2 * 3
 
 
 def test_convert_reproduces_train_run(train_run, tmp_path):

@@ -69,18 +69,35 @@ def snn_settings(cfg, model, pqa: dict) -> dict:
 
 # ---------------------------------------------------------------- evaluating
 def evaluate(cfg, qann, datamodule, pqa: dict, loggers) -> tuple[dict, dict]:
-    """QANN accuracy and, unless the model is a float ANN, its SNN at t = 1..T."""
+    """QANN accuracy and, unless the model is a float ANN, its SNN at t = 1..T;
+    with analysis=full also spikes, SOPs, energy and conversion error per layer."""
     settings = snn_settings(cfg, qann, pqa)
     snn = None if settings["neuron"] == "none" else convert_to_snn(qann, settings["neuron"])
     module = EvalModule(qann, snn, settings["timesteps"], settings["encoding"], settings["readout"], settings["chunk"])
     trainer = build_trainer(cfg, loggers, max_epochs=1)
     trainer.test(module, datamodule=datamodule, verbose=False)
-    return module.results, settings
+    results = module.results
+    if cfg.analysis.enabled and snn is not None:
+        results["analysis"] = run_analysis(cfg, module, datamodule, settings, loggers)
+    return results, settings
+
+
+def run_analysis(cfg, module: EvalModule, datamodule, settings: dict, loggers) -> dict:
+    from pmsm_exp.analysis.run_analysis import analyze  # matplotlib only when asked for
+    if settings["encoding"] != "static":
+        raise ValueError(f"analysis=full supports static encoding (the CNNs), got encoding={settings['encoding']!r}")
+    out_dir = Path(HydraConfig.get().runtime.output_dir) / "analysis"
+    summary = analyze(module.qann, module.snn, datamodule.test_dataloader(), settings["timesteps"], out_dir,
+                      label=cfg.pqa.method, max_batches=cfg.analysis.get("max_batches"), device=module.device)
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.log_image("analysis", [str(p) for p in sorted(out_dir.glob("*.png"))])
+    return summary
 
 
 def run_record(cfg, pqa: dict, settings: dict, extra: dict | None = None) -> dict:
     record = {
-        "task": cfg.task_name,
+        "task": cfg.task_name, "experiment": cfg.experiment_name,
         "model": cfg.model.name, "data": cfg.data.name, "method": pqa["method"],
         "pqa": {k: pqa[k] for k in ("levels", "alpha", "beta", "threshold")},
         "seed": int(cfg.seed), "overrides": list(HydraConfig.get().overrides.task),
