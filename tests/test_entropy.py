@@ -74,9 +74,9 @@ def test_qcfs_ratio_clearly_below():
 
 
 def test_relu_ratio():
-    assert E.relu_entropy() / H_BN == pytest.approx(0.69, abs=0.005)
+    assert E.relu_entropy("paper") / H_BN == pytest.approx(0.69, abs=0.005)
     # The standard mixed-entropy convention gives 0.744, documented alongside.
-    assert E.relu_entropy("mixed") / H_BN == pytest.approx(0.7444, abs=1e-3)
+    assert E.relu_entropy() / H_BN == pytest.approx(0.7444, abs=1e-3)
     with pytest.raises(ValueError, match="bogus"):
         E.relu_entropy("bogus")
 
@@ -206,5 +206,6 @@ def test_cli_writes_all_outputs(tmp_path):
     assert choice["alpha"] in E.PAPER_ALPHAS and choice["beta"] in E.PAPER_BETAS
     assert choice["ratio"] == pytest.approx(E.entropy_ratio(8, 8, choice["alpha"], choice["beta"]))
     assert choice["h_bn"] == pytest.approx(H_BN)
-    assert choice["h_relu"] / H_BN == pytest.approx(0.69, abs=0.005)
+    assert choice["h_relu"] / H_BN == pytest.approx(0.7444, abs=1e-3)
+    assert choice["h_relu_paper_reconstruction_ratio"] == pytest.approx(0.69, abs=0.005)
     assert choice["h_qcfs"] == pytest.approx(E.pqa_entropy(8, 8, 0, 1))
