@@ -171,3 +171,15 @@ def test_missing_and_corrupt_checkpoint(tmp_path):
     bad.write_bytes(b"not a checkpoint at all")
     proc = run("convert.py", f"ckpt_path={bad}", log_dir=tmp_path, check=False)
     assert proc.returncode == 2 and "cannot read checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("snn.timesteps=0", "timesteps must be a positive integer, got 0"),
+    ("pqa.alpha=-0.3", "alpha=-0.3"),
+    ("snn.neuron=if", "snn.neuron=if (QCFS) needs pqa.alpha=0"),
+])
+def test_bad_settings_fail_before_training(override, fragment, tmp_path):
+    proc = run("train.py", *tiny(), override, log_dir=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert fragment in proc.stderr.strip().splitlines()[-1]
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -13,11 +13,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pmsm_exp.analysis.entropy import PAPER_ALPHAS, PAPER_BETAS, choose_alpha_beta
-from pmsm_exp.conversion import convert_to_snn
+from pmsm_exp.conversion import NEURONS, convert_to_snn
 from pmsm_exp.data import create_datamodule
 from pmsm_exp.lit import EvalModule, QANNModule
 from pmsm_exp.models import create_model
 from pmsm_exp.quant import make_activation
+from pmsm_exp.simulate import check_settings
 
 
 class CheckpointError(ValueError):
@@ -63,8 +64,15 @@ def snn_settings(cfg, model, pqa: dict) -> dict:
     snn = cfg.snn
     encoding = snn.encoding if snn.encoding != "auto" else getattr(model, "snn_encoding", "static")
     readout = snn.readout if snn.readout != "auto" else ("mean" if encoding == "static" else "sum")
-    return {"neuron": snn.neuron or pqa["neuron"], "timesteps": int(snn.timesteps),
-            "encoding": encoding, "readout": readout, "chunk": snn.chunk}
+    settings = {"neuron": snn.neuron or pqa["neuron"], "timesteps": snn.timesteps,
+                "encoding": encoding, "readout": readout, "chunk": snn.chunk}
+    # checked before training, so a typo cannot cost a finished training run
+    check_settings(settings["timesteps"], encoding, readout)
+    if settings["neuron"] not in (*NEURONS, "none"):
+        raise ValueError(f"unknown snn.neuron {settings['neuron']!r}; valid: {', '.join(NEURONS)}, none")
+    if settings["neuron"] == "if" and pqa["alpha"] != 0:
+        raise ValueError(f"snn.neuron=if (QCFS) needs pqa.alpha=0, got alpha={pqa['alpha']}; use pqa=qcfs")
+    return settings
 
 
 # ---------------------------------------------------------------- evaluating
@@ -160,6 +168,7 @@ def train(cfg) -> dict:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model = build_model(cfg.model, pqa, datamodule.num_classes)
+    snn_settings(cfg, model, pqa)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config["pqa"] = pqa
     module = QANNModule(model, datamodule.num_classes, OmegaConf.to_container(cfg.optim, resolve=True), run_config)

@@ -30,7 +30,7 @@ class SimulationResult:
         return self.outputs.shape[0]
 
 
-def _check(timesteps: int, encoding: str, readout: str) -> None:
+def check_settings(timesteps: int, encoding: str, readout: str) -> None:
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
         raise ValueError(f"timesteps must be a positive integer, got {timesteps!r}")
     if encoding not in ENCODINGS:
@@ -50,7 +50,7 @@ def simulate(snn: nn.Module, x: torch.Tensor, timesteps: int, encoding: str = "s
     """Present `x` for `timesteps` steps; readout 'mean' averages the output layer over
     steps 1..t (rate/PSP readout), 'sum' accumulates it (ViT's difference outputs).
     `chunk` bounds how many steps share one call (memory); None = all of 2..T at once."""
-    _check(timesteps, encoding, readout)
+    check_settings(timesteps, encoding, readout)
     snn.eval()
     reset_snn(snn)
     stateful = multistep_modules(snn).values()
