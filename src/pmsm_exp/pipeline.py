@@ -48,8 +48,9 @@ def resolve_pqa(pqa_cfg) -> dict:
 
 def build_model(model_cfg, pqa: dict, num_classes: int) -> torch.nn.Module:
     activation = make_activation(pqa["kind"], pqa["levels"], pqa["alpha"], pqa["beta"], pqa["threshold"])
-    kwargs = OmegaConf.to_container(model_cfg.kwargs, resolve=True) if "kwargs" in model_cfg else {}
-    return create_model(model_cfg.name, num_classes, activation, **(kwargs or {}))
+    kwargs = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
+    kwargs.update(kwargs.pop("kwargs", None) or {})  # checkpoints from before model options were flattened
+    return create_model(kwargs.pop("name"), num_classes, activation, **kwargs)
 
 
 def build_loggers(cfg) -> list:
@@ -207,7 +208,8 @@ def convert(cfg) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     data_overrides = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if v is not None}
     OmegaConf.set_struct(cfg, False)
-    cfg.model = stored["model"]
+    # the weights come from the checkpoint: never fetch or load starting weights again
+    cfg.model = {k: v for k, v in stored["model"].items() if k not in ("pretrained", "checkpoint")}
     cfg.data = {**stored["data"], **data_overrides}
     cfg.pqa = {k: v for k, v in stored["pqa"].items() if k != "entropy_choice"}
     pqa = stored["pqa"]

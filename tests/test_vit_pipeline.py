@@ -1,0 +1,32 @@
+"""The ViT through train.py: ImageNet folder layout, one training step, SNN evaluation."""
+import json
+
+from PIL import Image
+import numpy as np
+
+from test_framework import run
+
+
+def imagenet_tree(root, classes=("n01440764", "n01443537", "n01484850"), per_class=4, size=40):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c, wnid in enumerate(classes):
+            folder = root / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8) // (c + 1)
+                Image.fromarray(pixels).save(folder / f"{wnid}_{i}.JPEG")
+    return root
+
+
+def test_imagenet_vit_train_step_and_snn_evaluation(tmp_path):
+    data = imagenet_tree(tmp_path / "imagenet")
+    run("train.py", "model=vit_tiny", "data=imagenet", "pqa=pmsm_vit", f"data.data_dir={data}",
+        "data.image_size=32", "data.batch_size=6", "data.num_workers=0", "model.depth=2", "model.embed_dim=64",
+        "epochs=1", "trainer.limit_train_batches=1", "snn.timesteps=3", "logger=csv", log_dir=tmp_path / "logs")
+    metrics = json.loads(next((tmp_path / "logs").rglob("metrics.json")).read_text())
+    assert metrics["run"]["model"] == "vit_tiny" and metrics["run"]["data"] == "imagenet"
+    assert metrics["run"]["snn"]["encoding"] == "first" and metrics["run"]["snn"]["readout"] == "sum"
+    assert metrics["snn"]["agreement"][0] == 1.0
+    assert metrics["snn"]["test_acc"][0] == metrics["qann"]["test_acc"]
+    assert metrics["run"]["pqa"]["levels"] == 16
