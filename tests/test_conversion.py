@@ -72,7 +72,7 @@ def test_pmsm_stays_close_to_quantized_ann_over_time():
 
 def test_qcfs_if_neuron_differs_at_first_step_and_error_shrinks():
     qann = random_qann("resnet20", 8, 0.0, 1.0, seed=6)
-    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         logits = qann(x)
     snn = convert_to_snn(qann, neuron="if")

@@ -209,3 +209,11 @@ def test_cli_writes_all_outputs(tmp_path):
     assert choice["h_relu"] / H_BN == pytest.approx(0.7444, abs=1e-3)
     assert choice["h_relu_paper_reconstruction_ratio"] == pytest.approx(0.69, abs=0.005)
     assert choice["h_qcfs"] == pytest.approx(E.pqa_entropy(8, 8, 0, 1))
+
+
+def test_cli_logs_to_offline_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    E.main(["--out", str(tmp_path), "--wandb"])
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0

@@ -362,6 +362,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--levels", type=int, default=PAPER_LEVELS)
     p.add_argument("--threshold", type=float, default=PAPER_THRESHOLD)
+    p.add_argument("--wandb", action="store_true", help="also log the grids and heatmaps to W&B (offline unless "
+                   "WANDB_MODE=online)")
     args = p.parse_args(argv)
 
     out = Path(args.out)
@@ -406,7 +408,22 @@ def main(argv=None) -> dict:
           f"QCFS ratio={h_qcfs / h_bn:.4f}; ReLU ratio={relu_entropy() / h_bn:.4f}")
     print(f"wrote {out}/entropy_grid.csv, entropy_grid.png, entropy_regimes.csv, "
           "entropy_regimes.png, entropy_choice.json")
+    if args.wandb:
+        log_to_wandb(out, choice)
     return choice
+
+
+def log_to_wandb(out: Path, choice: dict) -> None:
+    import os
+    import wandb
+    run = wandb.init(project="pmsm-exp", job_type="entropy", group="entropy", dir=str(out),
+                     mode=os.environ.get("WANDB_MODE", "offline"), config=choice)
+    with open(out / "entropy_grid.csv") as f:
+        rows = list(csv.reader(f))
+    run.log({"entropy_grid": wandb.Table(columns=rows[0], data=rows[1:]),
+             "entropy_grid_png": wandb.Image(str(out / "entropy_grid.png")),
+             "entropy_regimes_png": wandb.Image(str(out / "entropy_regimes.png"))})
+    run.finish()
 
 
 if __name__ == "__main__":
