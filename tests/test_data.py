@@ -273,3 +273,14 @@ def test_download_only_when_files_absent(tmp_path, monkeypatch):
     assert len(calls) == 2
     dm.setup()
     assert len(dm.train_set) == 60
+
+
+def test_failed_download_is_a_readable_dataset_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    def offline_tv(root, train, download):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(CIFAR100DataModule, "_tv_class", lambda self: offline_tv)
+    with pytest.raises(DatasetNotFoundError, match=r"could not be downloaded.*cifar-100-python"):
+        CIFAR100DataModule(data_dir=str(tmp_path), download=True).prepare_data()

@@ -164,8 +164,13 @@ class _CIFARDataModule(L.LightningDataModule):
         # Download only when absent: torchvision would reject (and refetch) a re-encoded
         # local copy on its md5 check. Downloads are verified; we then read the files ourselves.
         if self.download and self._missing():
-            for train in (True, False):
-                self._tv_class()(str(self.data_dir), train=train, download=True)
+            try:
+                for train in (True, False):
+                    self._tv_class()(str(self.data_dir), train=train, download=True)
+            except OSError as err:  # no network (URLError), refused or broken download
+                raise DatasetNotFoundError(
+                    f"{self.name} could not be downloaded ({err}); put it at {self.root}/ by hand: "
+                    f"extract {self.url} (torchvision layout) into {self.data_dir}/, {HOWTO_DIR}") from None
         self._check_files()
 
     # -- transforms
