@@ -137,8 +137,7 @@ class EvalModule(L.LightningModule):
         self._add(self.sums, "agree", (pred == qann_pred).sum(1))
         for name, counts in r.spike_counts.items():
             self._add(self.layer_sums, name, counts)
-        for name, events in r.spike_events.items():
-            self._add(self.sums, "events", events)
+        self._add(self.sums, "events", sum(r.spike_events.values()))
 
     def _reduced(self, store: dict) -> dict[str, torch.Tensor]:
         return {k: self.trainer.strategy.reduce(v, reduce_op="sum") if self.trainer.world_size > 1 else v
