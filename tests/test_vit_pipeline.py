@@ -30,3 +30,20 @@ def test_imagenet_vit_train_step_and_snn_evaluation(tmp_path):
     assert metrics["snn"]["agreement"][0] == 1.0
     assert metrics["snn"]["test_acc"][0] == metrics["qann"]["test_acc"]
     assert metrics["run"]["pqa"]["levels"] == 16
+
+
+def test_distillation_from_local_teacher_checkpoint(tmp_path):
+    import timm
+    import torch
+    teacher = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8, depth=1)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pth")
+    run("train.py", "model=vit_tiny", "data=synthetic", "pqa=pmsm_vit", "model.depth=1", "model.embed_dim=32",
+        "data.train_size=64", "data.test_size=32", "data.batch_size=16", "epochs=1", "snn.timesteps=2",
+        "logger=csv", "optim.distill.teacher=vit_tiny_patch16_224", f"optim.distill.checkpoint={tmp_path / 'teacher.pth'}",
+        "optim.distill.kwargs={img_size: 32, patch_size: 8, depth: 1}", log_dir=tmp_path / "logs")
+    logs = tmp_path / "logs"
+    metrics_csv = next(logs.rglob("csv/**/metrics.csv")).read_text()
+    assert "train/distill_kl" in metrics_csv
+    ckpt = torch.load(next(logs.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    assert ckpt["state_dict"] and not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+    assert json.loads(next(logs.rglob("metrics.json")).read_text())["snn"]["agreement"][0] == 1.0

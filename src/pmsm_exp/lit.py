@@ -35,9 +35,13 @@ class QANNModule(L.LightningModule):
     that convert.py can rebuild the model without being told how.
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, optim: dict, run_config: dict | None = None):
+    def __init__(self, model: nn.Module, num_classes: int, optim: dict, run_config: dict | None = None,
+                 teacher: nn.Module | None = None):
         super().__init__()
         self.model = model
+        # optional full-precision teacher (SpikeZIP-TF distils its ViTs); never saved in checkpoints
+        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+        self.strict_loading = teacher is None
         self.optim = dict(optim)
         self.run_config = run_config or {}
         if self.optim["name"] not in OPTIMIZERS:
@@ -67,10 +71,29 @@ class QANNModule(L.LightningModule):
         else:
             logits = self(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.optim.get("label_smoothing", 0.0))
+        if self.teacher is not None:
+            loss = self._distill(loss, logits, x_mixed if self.mixup is not None and x.shape[0] % 2 == 0 else x)
         self.train_acc(logits, y)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
+
+    def _distill(self, loss, logits, x):
+        """(1 - w)·task loss + w·τ²·KL(teacher ‖ student) on temperature-softened outputs."""
+        d = self.optim["distill"]
+        w, tau = d.get("weight", 0.5), d.get("temperature", 1.0)
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        kl = F.kl_div(F.log_softmax(logits / tau, -1), F.log_softmax(teacher_logits / tau, -1),
+                      reduction="batchmean", log_target=True)
+        self.log("train/distill_kl", kl, on_step=False, on_epoch=True)
+        return (1 - w) * loss + w * tau * tau * kl
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # BatchNorm/dropout of the teacher stay in inference mode
+        return self
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
@@ -105,6 +128,7 @@ class QANNModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["pmsm_config"] = self.run_config
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
 
 
 class EvalModule(L.LightningModule):

@@ -53,6 +53,22 @@ def build_model(model_cfg, pqa: dict, num_classes: int) -> torch.nn.Module:
     return create_model(kwargs.pop("name"), num_classes, activation, **kwargs)
 
 
+def build_teacher(optim: dict, num_classes: int) -> torch.nn.Module | None:
+    """A full-precision timm model to distil from (optim.distill.teacher), with its weights
+    from `checkpoint` (a local file) or timm's `pretrained` ones (online)."""
+    distill = optim.get("distill") or {}
+    if not distill.get("teacher"):
+        return None
+    import timm
+    teacher = timm.create_model(distill["teacher"], num_classes=num_classes,
+                                pretrained=bool(distill.get("pretrained")) and not distill.get("checkpoint"),
+                                **(distill.get("kwargs") or {}))
+    if distill.get("checkpoint"):
+        state = torch.load(distill["checkpoint"], map_location="cpu", weights_only=True)
+        teacher.load_state_dict(state.get("state_dict", state.get("model", state)))
+    return teacher
+
+
 def build_loggers(cfg) -> list:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values()]
 
@@ -172,7 +188,8 @@ def train(cfg) -> dict:
     snn_settings(cfg, model, pqa)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config["pqa"] = pqa
-    module = QANNModule(model, datamodule.num_classes, OmegaConf.to_container(cfg.optim, resolve=True), run_config)
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    module = QANNModule(model, datamodule.num_classes, optim, run_config, build_teacher(optim, datamodule.num_classes))
     loggers = build_loggers(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = build_trainer(cfg, loggers, callbacks)
