@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
@@ -26,15 +25,20 @@ class CheckpointError(ValueError):
 
 
 # ---------------------------------------------------------------- building
+def plain(node) -> dict:
+    """A config node (or a dict from a checkpoint) as a plain, resolved dict."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
 def build_datamodule(data_cfg) -> L.LightningDataModule:
-    kwargs = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
+    kwargs = plain(data_cfg)
     return create_datamodule(kwargs.pop("name"), **kwargs)
 
 
 def resolve_pqa(pqa_cfg) -> dict:
     """The pqa config as plain values; alpha/beta 'auto' pick the grid point whose
     entropy ratio H(PQA)/H(BN) is closest to 1 (the paper's strategy)."""
-    pqa = OmegaConf.to_container(pqa_cfg, resolve=True) if isinstance(pqa_cfg, DictConfig) else dict(pqa_cfg)
+    pqa = plain(pqa_cfg)
     auto = [k for k in ("alpha", "beta") if pqa[k] == "auto"]
     if auto:
         alphas = PAPER_ALPHAS if "alpha" in auto else (float(pqa["alpha"]),)
@@ -48,8 +52,7 @@ def resolve_pqa(pqa_cfg) -> dict:
 
 def build_model(model_cfg, pqa: dict, num_classes: int) -> torch.nn.Module:
     activation = make_activation(pqa["kind"], pqa["levels"], pqa["alpha"], pqa["beta"], pqa["threshold"])
-    kwargs = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
-    kwargs.update(kwargs.pop("kwargs", None) or {})  # checkpoints from before model options were flattened
+    kwargs = plain(model_cfg)
     return create_model(kwargs.pop("name"), num_classes, activation, **kwargs)
 
 
@@ -188,7 +191,7 @@ def train(cfg) -> dict:
     snn_settings(cfg, model, pqa)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config["pqa"] = pqa
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    optim = plain(cfg.optim)
     module = QANNModule(model, datamodule.num_classes, optim, run_config, build_teacher(optim, datamodule.num_classes))
     loggers = build_loggers(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
@@ -223,7 +226,7 @@ def load_checkpoint(path: str) -> tuple[dict, dict]:
 def convert(cfg) -> dict:
     stored, state = load_checkpoint(cfg.ckpt_path)
     L.seed_everything(cfg.seed, workers=True)
-    data_overrides = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if v is not None}
+    data_overrides = {k: v for k, v in plain(cfg.data).items() if v is not None}
     OmegaConf.set_struct(cfg, False)
     # the weights come from the checkpoint: never fetch or load starting weights again
     cfg.model = {k: v for k, v in stored["model"].items() if k not in ("pretrained", "checkpoint")}
