@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pmsm_exp.hooks import forward_with_hooks
 from pmsm_exp.neurons import SpikingNeuron, spiking_neurons
 from pmsm_exp.simulate import SimulationResult
 
@@ -342,14 +343,7 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
             def hook(module, args, output, name=name):
                 macs[name] = macs.get(name, 0.0) + float(_macs_per_call(module, args[0], output).sum(dtype=torch.float64))
             handles.append(m.register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        model(x)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, x, handles)
     return {k: v / x.shape[0] for k, v in macs.items()}
 
 

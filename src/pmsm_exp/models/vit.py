@@ -34,6 +34,7 @@ from timm.layers import DropPath
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from pmsm_exp.hooks import forward_with_hooks
 from pmsm_exp.models.registry import register_model
 from pmsm_exp.quant import PQA, pqa_layers
 
@@ -278,14 +279,7 @@ def calibrate_thresholds(model: nn.Module, x: torch.Tensor, method: str = "lsq")
     if hasattr(model, "calibrated"):
         model.calibrated.fill_(True)
     hooks = [q.register_forward_pre_hook(set_threshold) for q in pqa_layers(model).values()]
-    was_training = model.training
-    try:
-        model.eval()
-        model(x)
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, x, hooks)
 
 
 # ---- timm weights ------------------------------------------------------------------------------
