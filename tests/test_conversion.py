@@ -141,3 +141,18 @@ def test_first_encoding_and_sum_readout():
 def test_model_registry_errors():
     with pytest.raises(ValueError, match="unknown model 'resnet18'.*resnet20.*vgg16"):
         create_model("resnet18")
+
+
+def test_stbif_baseline_reaches_quantized_ann_after_enough_steps():
+    torch.manual_seed(0)
+    # bias-free: with input at step 1 only, a plain Linear would add its bias again every step
+    qann = nn.Sequential(nn.Linear(6, 16, bias=False), PQA(8, -0.5, 0.5, threshold=3.0),
+                         nn.Linear(16, 16, bias=False), PQA(8, -0.5, 0.5, threshold=3.0),
+                         nn.Linear(16, 4, bias=False)).eval()
+    x = torch.randn(32, 6)
+    with torch.no_grad():
+        logits = qann(x)
+    snn = convert_to_snn(qann, neuron="stbif")
+    outputs = simulate(snn, x, 24, encoding="first", readout="sum").outputs
+    assert not torch.allclose(outputs[0], logits, atol=1e-3)      # one spike per step: far off at t=1
+    assert torch.allclose(outputs[-1], logits, atol=1e-4)         # tracer settles on the quantized level

@@ -120,6 +120,15 @@ def test_convert_reproduces_train_run(train_run, tmp_path):
     assert converted["run"]["task"] == "convert" and converted["run"]["pqa"] == metrics["run"]["pqa"]
 
 
+def test_convert_with_another_neuron_is_its_own_method(train_run, tmp_path):
+    run_dir, metrics, _ = train_run
+    run("convert.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "snn.neuron=stbif", "snn.timesteps=2",
+        "logger=none", log_dir=tmp_path)
+    converted = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
+    assert converted["run"]["method"] == "pmsm+stbif" and converted["run"]["snn"]["neuron"] == "stbif"
+    assert converted["qann"] == metrics["qann"]
+
+
 def test_multirun_sweeps_alpha(tmp_path):
     run("train.py", "-m", "pqa.alpha=-0.125,-0.25", *tiny(epochs=1, snn__timesteps=2, logger="csv"), log_dir=tmp_path)
     found = sorted(json.loads(p.read_text())["run"]["pqa"]["alpha"]

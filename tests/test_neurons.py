@@ -76,3 +76,15 @@ def test_batch_not_multiple_of_steps():
     n.steps = 3
     with pytest.raises(ValueError, match="steps=3"):
         n(torch.zeros(4, 2))
+
+
+def test_stbif_one_spike_per_step_and_tracer_reaches_the_level():
+    from pmsm_exp.neurons import stbif_neuron
+    n = stbif_neuron(torch.tensor(1.0), min_level=-4, max_level=6)
+    z = torch.tensor([2.6, -3.4, 9.0, -9.0, 0.2])         # levels: 3, -3, 6 (clamped), -4 (clamped), 0
+    currents = torch.zeros(8, 1, 5)
+    currents[0, 0] = z                                     # input at step 1 only, as for the ViT
+    s = run(n, currents)
+    assert s.abs().max() == 1                              # one spike per step
+    assert s.sum(0).flatten().tolist() == [3.0, -3.0, 6.0, -4.0, 0.0]
+    assert s[0].flatten().tolist() == [1.0, -1.0, 1.0, -1.0, 0.0]

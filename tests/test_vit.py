@@ -350,3 +350,19 @@ def test_first_training_batch_calibrates_once():
     fresh = tiny_vit(calibrate="lsq")
     fresh.load_state_dict(model.state_dict())
     assert fresh.calibrated and isinstance(fresh.patch_quant, PQA)
+
+
+def test_stbif_baseline_converges_where_aif_is_exact_at_once():
+    """SpikeZIP-TF's ST-BIF+ (one spike per step) needs many steps; PMSM's AIF needs one."""
+    from pmsm_exp.models.vit import calibrate_thresholds
+    torch.manual_seed(0)
+    qvit = create_model("vit_tiny", 10, make_activation("pqa", 16, -0.5, 0.4375), depth=2, embed_dim=64)
+    x = torch.randn(8, 3, 32, 32)
+    calibrate_thresholds(qvit, x)
+    qvit.eval()
+    with torch.no_grad():
+        logits = qvit(x)
+    stbif = simulate(convert_to_snn(qvit, "stbif"), x, 32, encoding="first", readout="sum").outputs
+    assert (stbif[0] - logits).abs().max() > 1e-2
+    assert torch.allclose(stbif[-1], logits, atol=1e-4)
+    assert torch.equal(simulate(convert_to_snn(qvit, "aif"), x, 1, encoding="first", readout="sum").outputs[0], logits)

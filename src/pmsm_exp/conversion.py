@@ -13,10 +13,10 @@ from typing import Callable
 
 from torch import nn
 
-from pmsm_exp.neurons import SpikingNeuron, aif_neuron, if_neuron
+from pmsm_exp.neurons import SpikingNeuron, aif_neuron, if_neuron, stbif_neuron
 from pmsm_exp.quant import PQA
 
-NEURONS = ("aif", "if")
+NEURONS = ("aif", "if", "stbif")
 Converter = Callable[[nn.Module, str], nn.Module]
 _CONVERTERS: dict[type, Converter] = {}
 
@@ -33,6 +33,8 @@ def convert_pqa(q: PQA, neuron: str) -> SpikingNeuron:
     step = q.step_size().detach()
     if neuron == "aif":
         return aif_neuron(step, q.min_level, q.max_level)
+    if neuron == "stbif":
+        return stbif_neuron(step, q.min_level, q.max_level)
     if q.alpha != 0:
         raise ValueError(f"the QCFS IF neuron emits no negative spikes: it needs alpha=0, got alpha={q.alpha}; "
                          "use neuron='aif' for polarity quantizers")
@@ -62,7 +64,8 @@ def _replace(module: nn.Module, neuron: str, prefix: str) -> None:
 def convert_to_snn(model: nn.Module, neuron: str = "aif") -> nn.Module:
     """Return a spiking copy of a quantized model; the model itself is untouched.
 
-    neuron='aif': PMSM's AIF neuron (lossless at t=1); 'if': QCFS's IF neuron.
+    neuron='aif': PMSM's AIF neuron (lossless at t=1); 'if': QCFS's IF neuron;
+    'stbif': SpikeZIP-TF's ST-BIF+ neuron (one signed spike per step, bounded spike tracer).
     """
     if neuron not in NEURONS:
         raise ValueError(f"unknown neuron {neuron!r}; valid: {', '.join(NEURONS)}")

@@ -42,10 +42,13 @@ class SpikingNeuron(MultiStepModule):
     recorded as the spike count; non-zero outputs as spike events.
     """
 
-    def __init__(self, theta: torch.Tensor | float, max_pos: int, max_neg: int = 0, init_membrane: float = 0.5):
+    def __init__(self, theta: torch.Tensor | float, max_pos: int, max_neg: int = 0, init_membrane: float = 0.5,
+                 total_bounds: tuple[int, int] | None = None):
         super().__init__()
         if max_pos < 0 or max_neg < 0 or max_pos + max_neg == 0:
             raise ValueError(f"spike bounds must be >= 0 and not both 0, got max_pos={max_pos}, max_neg={max_neg}")
+        # ST-BIF+ (SpikeZIP-TF): the running sum of spikes (the "spike tracer") stays in these bounds
+        self.total_bounds = total_bounds
         theta = theta.detach().clone() if torch.is_tensor(theta) else torch.tensor(float(theta))
         self.register_buffer("theta", theta)
         self.max_pos = int(max_pos)
@@ -55,6 +58,7 @@ class SpikingNeuron(MultiStepModule):
 
     def reset_state(self) -> None:
         self.membrane: torch.Tensor | None = None
+        self.tracer: torch.Tensor | None = None
         self.spike_counts: list[torch.Tensor] = []   # per step: sum of |s| over batch
         self.spike_events: list[torch.Tensor] = []   # per step: number of non-zero outputs
         self.batch_size = 0
@@ -70,14 +74,25 @@ class SpikingNeuron(MultiStepModule):
         for current in currents:
             u = self.membrane + current / self.theta
             s = torch.clamp(torch.floor(u), -self.max_neg, self.max_pos)
+            if self.total_bounds is not None:
+                s = self._within_total(s)
             self.membrane = u - s
             spikes.append(s)
             self.spike_counts.append(s.abs().sum(dtype=torch.float64))
             self.spike_events.append((s != 0).sum())
         return (torch.stack(spikes) * self.theta).reshape(x.shape)
 
+    def _within_total(self, s: torch.Tensor) -> torch.Tensor:
+        tracer = torch.zeros_like(s) if self.tracer is None else self.tracer
+        lo, hi = self.total_bounds
+        s = torch.clamp(s, lo - tracer, hi - tracer)
+        self.tracer = tracer + s
+        return s
+
     def extra_repr(self) -> str:
-        return f"theta={self.theta.item():.4g}, max_pos={self.max_pos}, max_neg={self.max_neg}, init_membrane={self.init_membrane}"
+        bounds = f", total_bounds={self.total_bounds}" if self.total_bounds else ""
+        return (f"theta={self.theta.item():.4g}, max_pos={self.max_pos}, max_neg={self.max_neg}, "
+                f"init_membrane={self.init_membrane}{bounds}")
 
 
 def aif_neuron(step_size: torch.Tensor, min_level: int, max_level: int) -> SpikingNeuron:
@@ -88,6 +103,13 @@ def aif_neuron(step_size: torch.Tensor, min_level: int, max_level: int) -> Spiki
 def if_neuron(threshold: torch.Tensor) -> SpikingNeuron:
     """QCFS's IF neuron: threshold λ, at most one positive spike per step, v(0) = λ/2."""
     return SpikingNeuron(threshold, max_pos=1, max_neg=0, init_membrane=0.5)
+
+
+def stbif_neuron(step_size: torch.Tensor, min_level: int, max_level: int) -> SpikingNeuron:
+    """SpikeZIP-TF's ST-BIF+ neuron: one signed spike of size θ = λ/L per step, its spike
+    tracer held in [αL, βL]; it reaches the quantized value after up to max(|αL|, βL) steps."""
+    # a negative spike is allowed even for unsigned levels: it takes back an earlier positive one
+    return SpikingNeuron(step_size, max_pos=1, max_neg=1, init_membrane=0.5, total_bounds=(min_level, max_level))
 
 
 def multistep_modules(model: nn.Module) -> dict[str, MultiStepModule]:

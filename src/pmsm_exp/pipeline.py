@@ -124,9 +124,12 @@ def run_analysis(cfg, module: EvalModule, datamodule, settings: dict, loggers) -
 
 
 def run_record(cfg, pqa: dict, settings: dict, extra: dict | None = None) -> dict:
+    method = pqa["method"]
+    if settings["neuron"] not in (pqa["neuron"], "none"):  # converted with another neuron: its own table row
+        method = f"{method}+{settings['neuron']}"
     record = {
         "task": cfg.task_name, "experiment": cfg.experiment_name,
-        "model": cfg.model.name, "data": cfg.data.name, "method": pqa["method"],
+        "model": cfg.model.name, "data": cfg.data.name, "method": method,
         "pqa": {k: pqa[k] for k in ("levels", "alpha", "beta", "threshold")},
         "seed": int(cfg.seed), "overrides": list(HydraConfig.get().overrides.task),
         "snn": settings,
