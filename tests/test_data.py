@@ -284,3 +284,16 @@ def test_failed_download_is_a_readable_dataset_error(tmp_path, monkeypatch):
     monkeypatch.setattr(CIFAR100DataModule, "_tv_class", lambda self: offline_tv)
     with pytest.raises(DatasetNotFoundError, match=r"could not be downloaded.*cifar-100-python"):
         CIFAR100DataModule(data_dir=str(tmp_path), download=True).prepare_data()
+
+
+def test_cifar_vit_recipe_random_erasing_and_repeated_augmentation(tmp_path):
+    from timm.data.distributed_sampler import RepeatAugSampler
+    write_cifar100(tmp_path)
+    plain = CIFAR100DataModule(data_dir=str(tmp_path), augment=False, batch_size=8)
+    erased = CIFAR100DataModule(data_dir=str(tmp_path), augment=False, re_prob=1.0, repeated_aug=3, batch_size=8)
+    plain.setup(), erased.setup()
+    x0, x1 = plain.train_set[0][0], erased.train_set[0][0]
+    changed = (x0 != x1).float().mean().item()
+    assert 0 < changed <= 0.4 + 1e-6          # one erased patch covering at most 40% of the image
+    assert isinstance(erased.train_dataloader().sampler, RepeatAugSampler)
+    assert not isinstance(plain.train_dataloader().sampler, RepeatAugSampler)

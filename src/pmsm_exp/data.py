@@ -124,9 +124,10 @@ class _CIFARDataModule(L.LightningDataModule):
                  download: bool = False, augment: bool = True, autoaugment: bool = False,
                  cutout: int = 0, image_size: int = 32, train_subset: Optional[int] = None,
                  test_subset: Optional[int] = None, val_fraction: float = 0.0, seed: int = 42,
-                 pin_memory: Optional[bool] = None):
+                 pin_memory: Optional[bool] = None, re_prob: float = 0.0, repeated_aug: int = 1):
         super().__init__()
         self.save_hyperparameters()
+        self.re_prob, self.repeated_aug = re_prob, repeated_aug  # the ViT recipe (paper Table 5)
         self.data_dir = Path(data_dir or default_data_dir())
         self.batch_size, self.num_workers = batch_size, num_workers
         self.download, self.augment, self.autoaugment = download, augment, autoaugment
@@ -192,6 +193,8 @@ class _CIFARDataModule(L.LightningDataModule):
         ops += self._to_float()
         if self.cutout > 0:
             ops.append(Cutout(self.cutout))  # before resize: `cutout` is in CIFAR pixels
+        if self.re_prob > 0:  # SpikeZIP-TF/DeiT: area up to 0.4, aspect from 0.3, random pixels
+            ops.append(T.RandomErasing(self.re_prob, scale=(0.02, 0.4), ratio=(0.3, 3.3), value="random"))
         return T.Compose(ops + self._resize())
 
     def eval_transform(self) -> Callable:
@@ -221,7 +224,7 @@ class _CIFARDataModule(L.LightningDataModule):
             self.val_set = self.test_set
 
     def train_dataloader(self) -> DataLoader:
-        return _loader(self.train_set, self.batch_size, self.num_workers, self.pin_memory, shuffle=True)
+        return _train_loader(self, self.train_set)
 
     def val_dataloader(self) -> DataLoader:
         return _loader(self.val_set, self.batch_size, self.num_workers, self.pin_memory)
@@ -412,24 +415,27 @@ class ImageNetDataModule(L.LightningDataModule):
         self.train_set = Subset(train, _spread(self.train_subset, len(train)))
         self.val_set = Subset(val, _spread(self.test_subset, len(val)))
 
-    def _replicas(self) -> tuple[int, int]:
-        t = getattr(self, "trainer", None)
-        return (t.world_size, t.global_rank) if t is not None else (1, 0)
-
     def train_dataloader(self) -> DataLoader:
-        sampler = None
-        if self.repeated_aug > 1:
-            from timm.data.distributed_sampler import RepeatAugSampler
-            replicas, rank = self._replicas()
-            sampler = RepeatAugSampler(self.train_set, num_replicas=replicas, rank=rank,
-                                       shuffle=True, num_repeats=self.repeated_aug)
-        return _loader(self.train_set, self.batch_size, self.num_workers, self.pin_memory,
-                       shuffle=True, sampler=sampler)
+        return _train_loader(self, self.train_set)
 
     def val_dataloader(self) -> DataLoader:
         return _loader(self.val_set, self.batch_size, self.num_workers, self.pin_memory)
 
     test_dataloader = val_dataloader
+
+
+def _train_loader(dm: L.LightningDataModule, dataset: Dataset) -> DataLoader:
+    """Shuffled training loader; with `repeated_aug > 1`, timm's repeated-augmentation sampler
+    (DeiT/SpikeZIP-TF). Under DDP it brings its own sharding, so the Trainer must run with
+    use_distributed_sampler=False."""
+    sampler = None
+    if dm.repeated_aug > 1:
+        from timm.data.distributed_sampler import RepeatAugSampler
+        trainer = getattr(dm, "trainer", None)
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = RepeatAugSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True,
+                                   num_repeats=dm.repeated_aug)
+    return _loader(dataset, dm.batch_size, dm.num_workers, dm.pin_memory, shuffle=True, sampler=sampler)
 
 
 # ---------------------------------------------------------------- registry
