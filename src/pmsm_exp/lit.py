@@ -64,15 +64,16 @@ class QANNModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        if self.mixup is not None and x.shape[0] % 2 == 0:
-            x_mixed, soft_targets = self.mixup(x, y)
-            logits = self(x_mixed)
+        inputs, soft_targets = x, None
+        if self.mixup is not None and len(x) % 2 == 0:  # timm's Mixup needs an even batch
+            inputs, soft_targets = self.mixup(x, y)
+        logits = self(inputs)
+        if soft_targets is not None:
             loss = torch.sum(-soft_targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
         else:
-            logits = self(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.optim.get("label_smoothing", 0.0))
         if self.teacher is not None:
-            loss = self._distill(loss, logits, x_mixed if self.mixup is not None and x.shape[0] % 2 == 0 else x)
+            loss = self._distill(loss, logits, inputs)
         self.train_acc(logits, y)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
@@ -110,10 +111,10 @@ class QANNModule(L.LightningModule):
         o = self.optim
         lr = o["lr"] * (self._batch_size() / 256 if o.get("scale_lr_by_batch") else 1.0)
         if o["name"] == "sgd":
-            opt = torch.optim.SGD(self.parameters(), lr=lr, momentum=o.get("momentum", 0.9),
+            opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=o.get("momentum", 0.9),
                                   weight_decay=o.get("weight_decay", 0.0))
         else:
-            opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=o.get("weight_decay", 0.0),
+            opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=o.get("weight_decay", 0.0),
                                     betas=tuple(o.get("betas", (0.9, 0.999))))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
