@@ -144,6 +144,15 @@ class EvalModule(L.LightningModule):
         self.sums: dict[str, torch.Tensor] = {}
         self.layer_sums: dict[str, torch.Tensor] = {}
 
+    def on_test_start(self):
+        # TF32 rounds matmul/conv inputs; QANN and SNN would still match each other, but the
+        # QANN's logits would differ from a float32 run's, so evaluation runs in full float32
+        self._tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+    def on_test_end(self):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self._tf32
+
     def _add(self, store: dict, key: str, value: torch.Tensor) -> None:
         value = value.detach().double()
         store[key] = store[key] + value if key in store else value
