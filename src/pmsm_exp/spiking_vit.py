@@ -5,10 +5,10 @@ readout="sum")`); every layer passes on the *change* of its output, so the answe
 is the sum of the output layer over steps 1..T. Hence:
 - biases, the class token and the position embedding enter once, at the first step;
 - LayerNorm and softmax act on their accumulated input and emit the change of their output;
-- a product of two spike trains a, b emits A_t b_t + a_t B_t - a_t b_t (A, B: sums up to t),
+- a product of two spike trains a, b emits A_t b_t + a_t B_{t-1} (A, B: sums up to t),
   whose sum over steps is A_T B_T.
 Step 1 performs exactly the quantized ViT's float operations: states start as the
-first input itself (no 0 + x), and the product's x + x - x equals x in IEEE arithmetic.
+first input itself (no 0 + x), and the product's first step is the single matmul a_1 b_1.
 With PQA -> AIF (conversion.py) the first step therefore reproduces the QANN exactly.
 """
 from __future__ import annotations
@@ -99,7 +99,8 @@ class SpikingOnSum(MultiStepModule):
 
 
 class SpikingMatMul(MultiStepModule):
-    """Product of two spike trains: emits A_t b_t + a_t B_t - a_t b_t, so the outputs sum to A_T B_T."""
+    """Product of two spike trains: emits A_t b_t + a_t B_{t-1} (= A_t b_t + a_t B_t - a_t b_t with
+    one matmul fewer), so the outputs sum to A_T B_T; step 1 is the QANN's single a_1 b_1."""
 
     def __init__(self):
         super().__init__()
@@ -113,8 +114,11 @@ class SpikingMatMul(MultiStepModule):
         outputs = []
         for a_t, b_t in zip(self.split_time(a), self.split_time(b)):
             self.a_sum = a_t if self.a_sum is None else self.a_sum + a_t
+            out = self.a_sum @ b_t
+            if self.b_sum is not None:
+                out = out + a_t @ self.b_sum
             self.b_sum = b_t if self.b_sum is None else self.b_sum + b_t
-            outputs.append(self.a_sum @ b_t + a_t @ self.b_sum - a_t @ b_t)
+            outputs.append(out)
         return torch.stack(outputs).flatten(0, 1)
 
 
