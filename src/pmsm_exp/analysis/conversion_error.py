@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pmsm_exp.hooks import forward_with_hooks
 from pmsm_exp.neurons import spiking_neurons
 from pmsm_exp.quant import pqa_layers
 from pmsm_exp.simulate import simulate
@@ -57,12 +58,7 @@ class ConversionErrorMeter:
         acts: dict[str, torch.Tensor] = {}
         handles = [q.register_forward_hook(lambda m, a, y, n=n: acts.__setitem__(n, y.detach()))
                    for n, q in self.quantizers.items()]
-        try:
-            self.qann.eval()
-            out = self.qann(x)
-        finally:
-            for h in handles:
-                h.remove()
+        out = forward_with_hooks(self.qann, x, handles)
         self._activations = acts
         return out
 
