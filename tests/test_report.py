@@ -185,12 +185,15 @@ def test_other_overrides_split_rows_ignored_keys_do_not(tmp_path):
     fake_run(logs, "a", "default", seed=1, overrides=["optim.lr=0.1", "data.num_workers=0", "logger=csv"])
     fake_run(logs, "b", "default", seed=2, overrides=["optim.lr=0.1", "data.num_workers=8", "paths.log_dir=/x"])
     fake_run(logs, "c", "default", seed=1, overrides=["optim.lr=0.05"])
+    fake_run(logs, "e", "default", seed=1, overrides=["optim.lr=0.05", "data.train_subset=100"])  # not under data=
     # another model at its own lr: the lr differs within the experiment, so every row names it
     fake_run(logs, "d", "default", seed=1, model="resnet20", overrides=["optim.lr=0.2", "+optim.x=1"])
     rows = report.main(["accuracy", "--logs", str(logs), "--timesteps", "1", "--out", str(tmp_path / "o")])
     assert sorted((r["model"], r["settings"], r["n"]) for r in pick(rows, metric="ann_acc")) == [
-        ("resnet20", "optim.lr=0.2 optim.x=1", 1), ("vgg16", "optim.lr=0.05 optim.x=(default)", 1),
-        ("vgg16", "optim.lr=0.1 optim.x=(default)", 2)]
+        ("resnet20", "data.train_subset=(default) optim.lr=0.2 optim.x=1", 1),
+        ("vgg16", "data.train_subset=(default) optim.lr=0.05 optim.x=(default)", 1),
+        ("vgg16", "data.train_subset=(default) optim.lr=0.1 optim.x=(default)", 2),
+        ("vgg16", "data.train_subset=100 optim.lr=0.05 optim.x=(default)", 1)]
 
 
 def test_energy_table_ratio_and_paper(tmp_path):
@@ -301,13 +304,15 @@ def test_wandb_report_run(table, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
     rows, _ = table
-    sel = report.Selection()
-    dirs = report.log_wandb("accuracy", "t", [r for r in rows if r["experiment"] == "ablation_alpha"], sel,
-                            tmp_path, "offline", "pmsm-exp-test")
+    mine = [r for r in rows if r["experiment"] == "table1_vgg16_cifar10"]   # paper column: numbers and None
+    dirs = report.log_wandb("accuracy", "t", mine, report.Selection(), tmp_path, "offline", "pmsm-exp-test")
     (run,) = dirs
-    assert (run["group"], run["job_type"], run["name"]) == ("ablation_alpha", "report", "report-t-ablation_alpha")
+    assert (run["group"], run["job_type"], run["name"]) == ("table1_vgg16_cifar10", "report",
+                                                             "report-t-table1_vgg16_cifar10")
     files = list(Path(run["dir"]).rglob("t_*.table.json"))
     assert files, list(Path(run["dir"]).rglob("*"))
     saved = json.loads(files[0].read_text())
     assert saved["columns"][:4] == ["experiment", "model", "data", "method"]
-    assert len(saved["data"]) == len([r for r in rows if r["experiment"] == "ablation_alpha"])
+    assert len(saved["data"]) == len(mine)
+    paper = [r[saved["columns"].index("paper")] for r in saved["data"]]
+    assert paper == [r["paper"] for r in mine] and None in paper

@@ -54,12 +54,13 @@ NOT_SETTINGS = (
     "snn.neuron",            # the method column names a non-default neuron (pmsm+stbif)
     "snn.timesteps",         # how many steps are simulated; the value at each T is the same
     "snn.chunk",             # steps per call of the same simulation
-    "analysis",              # extra measurements only
-    "paths", "logger", "hydra", "callbacks.rich_progress_bar",
     "data.num_workers", "data.data_dir", "data.download", "data.pin_memory", "data.persistent_workers",
     "trainer.accelerator", "trainer.strategy", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
 )
+NOT_SETTINGS_UNDER = ("paths", "logger", "hydra", "analysis")   # and every key below them
+
+
 ACCURACY = ("ann_acc", "snn_acc")
 FORMATS = {"spikes_e5": "{:.4g}", "power_mw": "{:.4g}", "power_ratio": "{:.3g}"}
 PAPER_TABLES = {"accuracy": ("Table 1", "Table 2"), "ablation": ("Fig. 3(a)", "Fig. 3(b)"), "energy": ("Table 3",)}
@@ -161,6 +162,8 @@ def collect(logs: Path, experiments: list[str] | None = None) -> Selection:
             metrics, why = None, "unfinished (no metrics.json: still running, or killed before it wrote one)"
         else:
             metrics, why = read_metrics(path)
+            if metrics is not None and not isinstance(metrics["run"], dict):
+                metrics, why = None, "unreadable ('run' is not a record)"
         experiment = metrics["run"].get("experiment") if metrics else _hydra_experiment(folder)
         if experiments and experiment is not None and experiment not in experiments:
             continue
@@ -179,7 +182,7 @@ def _overrides(record: dict) -> dict[str, str]:
     out = {}
     for o in record.get("overrides") or []:
         key, _, value = o.lstrip("+").partition("=")
-        if not any(key == k or key.startswith(k + ".") for k in NOT_SETTINGS):
+        if key not in NOT_SETTINGS and not any(key == k or key.startswith(k + ".") for k in NOT_SETTINGS_UNDER):
             out[key] = value
     return out
 
@@ -264,8 +267,7 @@ def varying(groups: list[Group]) -> dict[int, list[str]]:
         keys = differ(by_family[g.family], QUANTIZER)
         exp = by_experiment[g.experiment]
         keys |= differ(exp, {k for e in exp for k in e.settings if k not in QUANTIZER})
-        out[id(g)] = [k for k in list(QUANTIZER) + sorted(set(g.settings) - set(QUANTIZER)) if k in keys] + \
-            sorted(k for k in keys if k not in g.settings and k not in QUANTIZER)
+        out[id(g)] = [k for k in QUANTIZER if k in keys] + sorted(keys - set(QUANTIZER))
     return out
 
 
@@ -530,8 +532,8 @@ def latest(logs: Path, experiment: str, method: str | None = None, task: str | N
     runs = [r for r in collect(logs, [experiment]).runs
             if (method is None or r.record.get("method") == method) and (task is None or r.record.get("task") == task)]
     if not runs:
-        fail(f"--experiment {experiment}" + (f" --method {method}" if method else "") + (f" --task {task}" if task else "")
-             + f": no finished run under {logs}")
+        asked = f"--experiment {experiment}" + (f" --method {method}" if method else "") + (f" --task {task}" if task else "")
+        fail(f"{asked}: no finished run under {logs}")
     return max(runs, key=lambda r: (r.time, r.rel))
 
 
