@@ -51,7 +51,8 @@ def test_cifar10_real_shapes_labels_normalisation(cifar10_root):
     dm.setup("fit")
     assert dm.num_classes == 10 and dm.image_shape == (3, 32, 32)
     assert len(dm.train_set) == N_TRAIN and len(dm.test_set) == N_TEST
-    assert dm.val_set is dm.test_set  # no val split: val uses test
+    # val_fraction=0: no validation at all (never the test set in its place)
+    assert not dm.has_validation and dm.val_set is None and dm.val_dataloader() == []
     assert dm.train_set.images.dtype == torch.uint8
 
     x, y = next(iter(dm.test_dataloader()))
@@ -155,18 +156,19 @@ def test_imagenet_generated_layout(tmp_path):
     assert dm.num_classes == 3  # inferred before setup, from train/
     dm.prepare_data()
     dm.setup()
-    assert len(dm.train_set) == 12 and len(dm.val_set) == 12
+    # ImageNet's val/ folder is the test set; no held-out validation with val_fraction=0
+    assert len(dm.train_set) == 12 and len(dm.test_set) == 12 and not dm.has_validation
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 64, 64) and set(y.tolist()) <= {0, 1, 2}
-    xv, yv = next(iter(dm.val_dataloader()))
+    xv, yv = next(iter(dm.test_dataloader()))
     assert xv.shape == (4, 3, 64, 64) and dm.image_shape == (3, 64, 64)
-    assert torch.equal(dm.val_set[5][0], dm.val_set[5][0])  # eval transform is deterministic
+    assert torch.equal(dm.test_set[5][0], dm.test_set[5][0])  # eval transform is deterministic
 
     # Subsets spread over classes; repeated augmentation uses timm's sampler.
     sub = ImageNetDataModule(data_dir=str(root), image_size=32, train_subset=3, test_subset=6,
                              repeated_aug=3, num_workers=0)
     sub.setup()
-    assert len(sub.val_set) == 6
+    assert len(sub.test_set) == 6
     assert {sub.train_set[i][1] for i in range(3)} == {0, 1, 2}
     from timm.data.distributed_sampler import RepeatAugSampler
     assert isinstance(sub.train_dataloader().sampler, RepeatAugSampler)
