@@ -320,6 +320,7 @@ def one_line_user_error(exc_info, *needles):
     ("cifar10", "val_fraction", 1.0), ("synthetic", "val_fraction", -0.5),
     ("cifar10", "cutout", -8), ("cifar10", "re_prob", 1.5), ("cifar10", "repeated_aug", 0),
     ("synthetic", "train_size", 0), ("synthetic", "num_classes", 0),
+    ("cifar10", "on_device", "yes"), ("cifar100", "augment", "abc"),
 ])
 def test_bad_data_values_refused_in_constructor(name, key, value):
     with pytest.raises(ValueError) as exc:

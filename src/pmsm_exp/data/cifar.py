@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from pmsm_exp.data.common import (
-    HOWTO_DIR, ArrayDataset, DatasetFileError, DatasetNotFoundError, ValidationMixin, check_fraction,
-    check_int, check_optional_count, check_probability, check_subset_size, checked_split,
+    HOWTO_DIR, ArrayDataset, DatasetFileError, DatasetNotFoundError, ValidationMixin, check_bool,
+    check_fraction, check_int, check_optional_count, check_probability, check_subset_size, checked_split,
     default_data_dir, make_loader, resolve_pin, train_loader, world_and_rank)
 from pmsm_exp.data.gpu import DeviceLoader, augment_batch
 from pmsm_exp.data.transforms import Cutout
@@ -106,7 +106,9 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
         self.data_dir = Path(data_dir or default_data_dir())
         self.batch_size = check_int("data.batch_size", batch_size, 1)
         self.num_workers = check_int("data.num_workers", num_workers, 0)
-        self.download, self.augment, self.autoaugment = bool(download), bool(augment), bool(autoaugment)
+        self.download = check_bool("data.download", download)
+        self.augment = check_bool("data.augment", augment)
+        self.autoaugment = check_bool("data.autoaugment", autoaugment)
         self.cutout = check_int("data.cutout", cutout, 0, " (0 = off; the hole's side in pixels)")
         self.image_size = check_int("data.image_size", image_size, 1)
         self.train_subset = check_optional_count("data.train_subset", train_subset)
@@ -116,7 +118,7 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
         # the ViT recipe (paper Table 5)
         self.re_prob = check_probability("data.re_prob", re_prob)
         self.repeated_aug = check_int("data.repeated_aug", repeated_aug, 1, " (1 = off)")
-        self.on_device = bool(on_device)
+        self.on_device = check_bool("data.on_device", on_device)
         if self.on_device:
             unsupported = {"data.autoaugment": self.autoaugment, "data.re_prob": self.re_prob,
                            "data.repeated_aug": self.repeated_aug if self.repeated_aug > 1 else 0}

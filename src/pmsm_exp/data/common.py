@@ -44,6 +44,12 @@ def check_int(key: str, value, minimum: int, what: str = "") -> int:
     return int(value)
 
 
+def check_bool(key: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise UserError(f"{key}: got {value!r}; allowed: true or false")
+    return bool(value)
+
+
 def check_optional_count(key: str, value) -> Optional[int]:
     """A subset size: null (all) or a positive integer (its upper bound is checked in setup)."""
     if value is None:
