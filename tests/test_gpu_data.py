@@ -179,7 +179,7 @@ def test_on_device_trains_in_lightning(cifar_root):
 
         def training_step(self, batch, _):
             x, y = batch
-            seen.append((x.dtype, tuple(x.shape), x.device.type, self.current_epoch))
+            seen.append((x.dtype, tuple(x.shape), x.device.type, self.current_epoch, y))
             return torch.nn.functional.cross_entropy(self.lin(x.flatten(1)), y)
 
         def configure_optimizers(self):
@@ -191,6 +191,11 @@ def test_on_device_trains_in_lightning(cifar_root):
     trainer.fit(Probe(), datamodule=dm)
     assert [s[3] for s in seen] == [0, 0, 0, 1, 1, 1]  # 60 images, batches of 25
     assert all(s[0] == torch.float32 and s[1][1:] == (3, 32, 32) for s in seen)
+    # each epoch is a new permutation of all 60 images (the loader follows trainer.current_epoch)
+    orders = [torch.cat([s[4] for s in seen if s[3] == e]) for e in (0, 1)]
+    assert all(len(o) == 60 for o in orders) and not torch.equal(orders[0], orders[1])
+    idx0, idx1 = dm.train_dataloader().indices(0), dm.train_dataloader().indices(1)
+    assert torch.equal(orders[0], dm.train_set.labels[idx0]) and torch.equal(orders[1], dm.train_set.labels[idx1])
 
 
 @pytest.mark.parametrize("key, value", [("autoaugment", True), ("re_prob", 0.25), ("repeated_aug", 3)])
