@@ -11,9 +11,11 @@ from __future__ import annotations
 import copy
 from typing import Callable
 
+import torch
 from torch import nn
+from torch.nn import functional as F
 
-from pmsm_exp.neurons import SpikingNeuron, aif_neuron, if_neuron, stbif_neuron
+from pmsm_exp.neurons import MultiStepModule, SpikingNeuron, aif_neuron, if_neuron, stbif_neuron
 from pmsm_exp.quant import PQA
 
 NEURONS = ("aif", "if", "stbif")
@@ -39,6 +41,28 @@ def convert_pqa(q: PQA, neuron: str) -> SpikingNeuron:
         raise ValueError(f"the QCFS IF neuron emits no negative spikes: it needs alpha=0, got alpha={q.alpha}; "
                          "use neuron='aif' for polarity quantizers")
     return if_neuron(q.threshold.detach())
+
+
+class StepwiseLinear(nn.Linear, MultiStepModule):
+    """nn.Linear applied one timestep at a time. A GEMM's result depends on its row count
+    (BLAS picks kernels by size), so per-step calls of N rows, as at t = 1, keep every
+    chunking of the simulation equal bit for bit; convolutions do not need this."""
+
+    def reset_state(self) -> None:
+        pass
+
+    def forward(self, x):
+        if self.steps == 1:
+            return super().forward(x)
+        return torch.cat([F.linear(xt, self.weight, self.bias) for xt in self.split_time(x)])
+
+
+@register_converter(nn.Linear)
+def convert_linear(layer: nn.Linear, neuron: str) -> StepwiseLinear:
+    new = StepwiseLinear(layer.in_features, layer.out_features, layer.bias is not None,
+                         layer.weight.device, layer.weight.dtype)
+    new.load_state_dict(layer.state_dict())
+    return new
 
 
 def _is_unconvertible(m: nn.Module) -> bool:
