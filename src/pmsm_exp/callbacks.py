@@ -21,6 +21,10 @@ class StopOnDivergence(L.Callback):
                 f"{trainer.global_step} (epoch {trainer.current_epoch}, learning rate {lr}); "
                 f"the last checkpoint on disk holds the last finite weights; lower optim.lr")
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # runs before ModelCheckpoint's epoch-end save (Lightning orders checkpoint callbacks last)
+        self.on_save_checkpoint(trainer, pl_module, {"state_dict": pl_module.state_dict()})
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         bad = [k for k, v in checkpoint.get("state_dict", {}).items()
                if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]

@@ -30,19 +30,22 @@ def read_weights(path: str | Path, key: str = "ckpt_path") -> object:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        found = re.search(r"GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
         if found:  # the safe loader stopped before creating (let alone calling) the object
             raise CheckpointError(
                 f"{key}: {file} needs more than weights to load: it asks for the Python object "
                 f"{found.group(1)}, and loading it would run code from the file; refused (pmsm-exp "
                 f"checkpoints hold only tensors and plain values; re-save yours as a state_dict)") from None
-        raise CheckpointError(f"{key}: cannot read {file} ({_first_line(err)}); {HOW}") from None
+        raise CheckpointError(f"{key}: cannot read {file} (not a torch checkpoint: {_first_line(err)}); "
+                              f"{HOW}") from None
     except Exception as err:  # noqa: BLE001 (torch raises many types for damaged files)
         raise CheckpointError(f"{key}: cannot read {file} ({type(err).__name__}: {_first_line(err)}); {HOW}") from None
 
 
 def _first_line(err: Exception) -> str:
-    lines = [line for line in str(err).splitlines() if line.strip()]
+    """The informative line of an error (torch's weights_only errors open with boilerplate)."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.startswith(boilerplate)]
     return lines[0] if lines else type(err).__name__
 
 
