@@ -46,18 +46,25 @@ class SpikingNeuron(MultiStepModule):
     """
 
     def __init__(self, theta: torch.Tensor | float, max_pos: int, max_neg: int = 0, init_membrane: float = 0.5,
-                 total_bounds: tuple[int, int] | None = None):
+                 total_bounds: tuple[int, int] | None = None, levels: int = 1):
         super().__init__()
         if max_pos < 0 or max_neg < 0 or max_pos + max_neg == 0:
             raise ValueError(f"spike bounds must be >= 0 and not both 0, got max_pos={max_pos}, max_neg={max_neg}")
         # ST-BIF+ (SpikeZIP-TF): the running sum of spikes (the "spike tracer") stays in these bounds
         self.total_bounds = total_bounds
         theta = theta.detach().clone() if torch.is_tensor(theta) else torch.tensor(float(theta))
-        self.register_buffer("theta", theta)
+        # θ = threshold / levels, divided at forward time in the current dtype exactly as PQA's
+        # λ/L is: a cast of both models after conversion (64-true, bf16-true) keeps t=1 exact
+        self.register_buffer("threshold", theta)
+        self.levels = int(levels)
         self.max_pos = int(max_pos)
         self.max_neg = int(max_neg)
         self.init_membrane = float(init_membrane)
         self.reset_state()
+
+    @property
+    def theta(self) -> torch.Tensor:
+        return self.threshold / self.levels if self.levels != 1 else self.threshold
 
     def reset_state(self) -> None:
         self.membrane: torch.Tensor | None = None
@@ -87,15 +94,16 @@ class SpikingNeuron(MultiStepModule):
         if self.membrane is None:
             self.batch_size = currents.shape[1]
             self.neurons_per_sample = currents[0, 0].numel()
+        theta = self.theta
         if self.total_bounds is None:   # AIF / IF: the fused kernel (fused.py)
-            spikes, self.membrane = fused.aif_steps(currents, self.membrane, self.theta, -self.max_neg,
+            spikes, self.membrane = fused.aif_steps(currents, self.membrane, theta, -self.max_neg,
                                                     self.max_pos, self.init_membrane)
         else:
             spikes = self._stbif_steps(currents)
         self.steps_done += currents.shape[0]
         if self.record:
             self._count(spikes)
-        return spikes.mul_(self.theta).reshape(x.shape)
+        return spikes.mul_(theta).reshape(x.shape)
 
     def _count(self, spikes: torch.Tensor) -> None:
         """One reduction per call (not per step): Σ|s| per step and sample in float32 is exact
@@ -131,9 +139,10 @@ class SpikingNeuron(MultiStepModule):
                 f"init_membrane={self.init_membrane}{bounds}")
 
 
-def aif_neuron(step_size: torch.Tensor, min_level: int, max_level: int) -> SpikingNeuron:
-    """AIF neuron that is lossless for a PQA with θ = λ/L and levels in [αL, βL]."""
-    return SpikingNeuron(step_size, max_pos=max_level, max_neg=-min_level, init_membrane=0.5)
+def aif_neuron(step_size: torch.Tensor, min_level: int, max_level: int, levels: int = 1) -> SpikingNeuron:
+    """AIF neuron that is lossless for a PQA with θ = λ/L and levels in [αL, βL]
+    (θ = step_size / levels: pass λ and L to divide at forward time)."""
+    return SpikingNeuron(step_size, max_pos=max_level, max_neg=-min_level, init_membrane=0.5, levels=levels)
 
 
 def if_neuron(threshold: torch.Tensor) -> SpikingNeuron:
@@ -141,11 +150,12 @@ def if_neuron(threshold: torch.Tensor) -> SpikingNeuron:
     return SpikingNeuron(threshold, max_pos=1, max_neg=0, init_membrane=0.5)
 
 
-def stbif_neuron(step_size: torch.Tensor, min_level: int, max_level: int) -> SpikingNeuron:
+def stbif_neuron(step_size: torch.Tensor, min_level: int, max_level: int, levels: int = 1) -> SpikingNeuron:
     """SpikeZIP-TF's ST-BIF+ neuron: one signed spike of size θ = λ/L per step, its spike
     tracer held in [αL, βL]; it reaches the quantized value after up to max(|αL|, βL) steps."""
     # a negative spike is allowed even for unsigned levels: it takes back an earlier positive one
-    return SpikingNeuron(step_size, max_pos=1, max_neg=1, init_membrane=0.5, total_bounds=(min_level, max_level))
+    return SpikingNeuron(step_size, max_pos=1, max_neg=1, init_membrane=0.5, total_bounds=(min_level, max_level),
+                         levels=levels)
 
 
 def multistep_modules(model: nn.Module) -> dict[str, MultiStepModule]:

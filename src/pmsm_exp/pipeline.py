@@ -7,11 +7,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pmsm_exp.analysis.entropy import PAPER_ALPHAS, PAPER_BETAS, choose_alpha_beta
+from pmsm_exp.callbacks import StopOnDivergence
+from pmsm_exp.checkpoints import CheckpointError, load_checkpoint  # noqa: F401  (CheckpointError: cli.py)
+from pmsm_exp.checks import check_convert_config, check_train_config
 from pmsm_exp.conversion import NEURONS, convert_to_snn
 from pmsm_exp import fused
 from pmsm_exp.data import create_datamodule
@@ -20,10 +24,6 @@ from pmsm_exp.lit import EvalModule, QANNModule
 from pmsm_exp.models import create_model
 from pmsm_exp.quant import make_activation
 from pmsm_exp.simulate import check_settings
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 # ---------------------------------------------------------------- building
@@ -192,6 +192,7 @@ def summary_table(metrics: dict, out_dir: Path) -> str:
 
 # ---------------------------------------------------------------- the two jobs
 def train(cfg) -> dict:
+    check_train_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     pqa = resolve_pqa(cfg.pqa)
     datamodule = build_datamodule(cfg.data)
@@ -205,36 +206,22 @@ def train(cfg) -> dict:
     module = QANNModule(model, datamodule.num_classes, optim, run_config, build_teacher(optim, datamodule.num_classes))
     loggers = build_loggers(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if not loggers:  # nothing to log the learning rate to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(StopOnDivergence())
     trainer = build_trainer(cfg, loggers, callbacks)
     trainer.fit(module, datamodule=datamodule)
     checkpoint = trainer.checkpoint_callback
     ckpt_path = checkpoint.last_model_path if checkpoint else ""
     if cfg.eval_checkpoint == "best" and checkpoint and checkpoint.best_model_path:
         ckpt_path = checkpoint.best_model_path
-        module.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"])
+        module.model.load_state_dict(load_checkpoint(ckpt_path)[1])  # the teacher is never saved
     results, settings = evaluate(cfg, module.model, datamodule, pqa, loggers)
     return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": ckpt_path}), results, loggers)
 
 
-def load_checkpoint(path: str) -> tuple[dict, dict]:
-    """(the run config stored by train.py, the model's state dict)."""
-    file = Path(path)
-    if not file.is_file():
-        raise CheckpointError(f"checkpoint not found: {file} (give ckpt_path=PATH to a .ckpt written by train.py, "
-                              f"e.g. logs/train/runs/<date>/checkpoints/last.ckpt)")
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for a damaged file
-        raise CheckpointError(f"cannot read checkpoint {file}: {type(err).__name__}: {err}".splitlines()[0]) from None
-    if not isinstance(ckpt, dict) or "pmsm_config" not in ckpt or "state_dict" not in ckpt:
-        raise CheckpointError(f"{file} is not a pmsm-exp checkpoint (no 'pmsm_config'/'state_dict'); "
-                              "convert.py needs a checkpoint written by train.py")
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    return ckpt["pmsm_config"], state
-
-
 def convert(cfg) -> dict:
-    stored, state = load_checkpoint(cfg.ckpt_path)
+    stored, state = check_convert_config(cfg)  # also reads the checkpoint (weights_only)
     L.seed_everything(cfg.seed, workers=True)
     data_overrides = {k: v for k, v in plain(cfg.data).items() if v is not None}
     OmegaConf.set_struct(cfg, False)
