@@ -18,7 +18,9 @@ import importlib
 import math
 from typing import Callable
 
+import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
@@ -84,6 +86,28 @@ def convert_pqa(q: PQA, neuron: str) -> SpikingNeuron:
     # PQA(L, 0, β) with λ is QCFS's quantizer with βL levels and threshold βλ: the IF neuron
     # then saturates at βλ, as the quantizer does (for β = 1 the threshold is λ itself)
     return if_neuron(lam if q.max_level == q.levels else lam * (q.max_level / q.levels))
+
+
+class StepwiseLinear(nn.Linear, MultiStepModule):
+    """nn.Linear applied one timestep at a time. A GEMM's result depends on its row count
+    (BLAS picks kernels by size), so per-step calls of N rows, as at t = 1, keep every
+    chunking of the simulation equal bit for bit; convolutions do not need this."""
+
+    def reset_state(self) -> None:
+        pass
+
+    def forward(self, x):
+        if self.steps == 1:
+            return super().forward(x)
+        return torch.cat([F.linear(xt, self.weight, self.bias) for xt in self.split_time(x)])
+
+
+@register_converter(nn.Linear)
+def convert_linear(layer: nn.Linear, neuron: str) -> StepwiseLinear:
+    new = StepwiseLinear(layer.in_features, layer.out_features, layer.bias is not None,
+                         layer.weight.device, layer.weight.dtype)
+    new.load_state_dict(layer.state_dict())
+    return new
 
 
 def _is_allowed_leaf(m: nn.Module) -> bool:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pmsm_exp import fused
+
 
 class MultiStepModule(nn.Module):
     """Base for modules that keep state over timesteps (neurons, spiking attention)."""
@@ -39,7 +41,8 @@ class SpikingNeuron(MultiStepModule):
         u(t) = u(t-1) + z(t)/θ,  s(t) = clamp(floor(u(t)), -max_neg, max_pos),
         u(t) <- u(t) - s(t),     output o(t) = s(t)·θ
     (membrane potential v = u·θ). Each step's |s| summed over the batch is
-    recorded as the spike count; non-zero outputs as spike events.
+    recorded as the spike count; non-zero outputs as spike events (one
+    reduction per call, see `_count`).
     """
 
     def __init__(self, theta: torch.Tensor | float, max_pos: int, max_neg: int = 0, init_membrane: float = 0.5,
@@ -66,28 +69,62 @@ class SpikingNeuron(MultiStepModule):
     def reset_state(self) -> None:
         self.membrane: torch.Tensor | None = None
         self.tracer: torch.Tensor | None = None
-        self.spike_counts: list[torch.Tensor] = []   # per step: sum of |s| over batch
-        self.spike_events: list[torch.Tensor] = []   # per step: number of non-zero outputs
+        self._counts: list[torch.Tensor] = []    # per call: [steps] sums of |s| over the batch
+        self._events: list[torch.Tensor] = []    # per call: [steps] non-zero outputs over the batch
+        self.steps_done = 0
         self.batch_size = 0
         self.neurons_per_sample = 0
+
+    # `record = False` skips the spike bookkeeping (e.g. a throughput benchmark); the counts
+    # are then empty and `steps_done` still advances
+    record = True
+
+    @property
+    def spike_counts(self) -> torch.Tensor:
+        """[steps so far]: Σ|s| over the batch at each step (float64, exact integers)."""
+        return torch.cat(self._counts) if self._counts else torch.zeros(0, dtype=torch.float64)
+
+    @property
+    def spike_events(self) -> torch.Tensor:
+        """[steps so far]: number of non-zero outputs over the batch at each step."""
+        return torch.cat(self._events) if self._events else torch.zeros(0, dtype=torch.int64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         currents = self.split_time(x)
         if self.membrane is None:
-            self.membrane = torch.full_like(currents[0], self.init_membrane)
             self.batch_size = currents.shape[1]
             self.neurons_per_sample = currents[0, 0].numel()
-        spikes, theta = [], self.theta
+        theta = self.theta
+        if self.total_bounds is None:   # AIF / IF: the fused kernel (fused.py)
+            spikes, self.membrane = fused.aif_steps(currents, self.membrane, theta, -self.max_neg,
+                                                    self.max_pos, self.init_membrane)
+        else:
+            spikes = self._stbif_steps(currents)
+        self.steps_done += currents.shape[0]
+        if self.record:
+            self._count(spikes)
+        return spikes.mul_(theta).reshape(x.shape)
+
+    def _count(self, spikes: torch.Tensor) -> None:
+        """One reduction per call (not per step): Σ|s| per step and sample in float32 is exact
+        while it stays below 2^24, then summed over the batch in float64."""
+        per_sample = spikes.reshape(*spikes.shape[:2], -1)
+        exact_in_float32 = per_sample.shape[-1] * max(self.max_pos, self.max_neg) < 2 ** 24
+        dtype = None if exact_in_float32 and spikes.dtype == torch.float32 else torch.float64
+        abs_sum = torch.linalg.vector_norm(per_sample, ord=1, dim=-1, dtype=dtype)
+        self._counts.append(abs_sum.sum(1, dtype=torch.float64))
+        self._events.append(torch.count_nonzero(per_sample, dim=(1, 2)))
+
+    def _stbif_steps(self, currents: torch.Tensor) -> torch.Tensor:
+        if self.membrane is None:
+            self.membrane = torch.full_like(currents[0], self.init_membrane)
+        spikes = []
         for current in currents:
-            u = self.membrane + current / theta
-            s = torch.clamp(torch.floor(u), -self.max_neg, self.max_pos)
-            if self.total_bounds is not None:
-                s = self._within_total(s)
+            u = self.membrane + current / self.theta
+            s = self._within_total(torch.clamp(torch.floor(u), -self.max_neg, self.max_pos))
             self.membrane = u - s
             spikes.append(s)
-            self.spike_counts.append(s.abs().sum(dtype=torch.float64))
-            self.spike_events.append((s != 0).sum())
-        return (torch.stack(spikes) * theta).reshape(x.shape)
+        return torch.stack(spikes)
 
     def _within_total(self, s: torch.Tensor) -> torch.Tensor:
         tracer = torch.zeros_like(s) if self.tracer is None else self.tracer

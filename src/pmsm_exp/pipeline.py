@@ -17,7 +17,9 @@ from pmsm_exp.callbacks import StopOnDivergence
 from pmsm_exp.checkpoints import CheckpointError, load_checkpoint  # noqa: F401  (CheckpointError: cli.py)
 from pmsm_exp.checks import check_convert_config, check_train_config
 from pmsm_exp.conversion import NEURONS, convert_to_snn
+from pmsm_exp import fused
 from pmsm_exp.data import create_datamodule
+from pmsm_exp.folding import fold_batchnorm
 from pmsm_exp.lit import EvalModule, QANNModule
 from pmsm_exp.models import create_model
 from pmsm_exp.quant import make_activation
@@ -85,9 +87,11 @@ def snn_settings(cfg, model, pqa: dict) -> dict:
     encoding = snn.encoding if snn.encoding != "auto" else getattr(model, "snn_encoding", "static")
     readout = snn.readout if snn.readout != "auto" else ("mean" if encoding == "static" else "sum")
     settings = {"neuron": snn.neuron or pqa["neuron"], "timesteps": snn.timesteps,
-                "encoding": encoding, "readout": readout, "chunk": snn.chunk}
+                "encoding": encoding, "readout": readout, "chunk": snn.get("chunk", "auto"),
+                "fold_bn": bool(snn.get("fold_bn", False)), "kernels": snn.get("kernels", "eager")}
     # checked before training, so a typo cannot cost a finished training run
-    check_settings(settings["timesteps"], encoding, readout)
+    check_settings(settings["timesteps"], encoding, readout, settings["chunk"])
+    fused.set_backend(settings["kernels"])
     if settings["neuron"] not in (*NEURONS, "none"):
         raise ValueError(f"unknown snn.neuron {settings['neuron']!r}; valid: {', '.join(NEURONS)}, none")
     if settings["neuron"] == "if" and pqa["alpha"] != 0:
@@ -100,11 +104,14 @@ def evaluate(cfg, qann, datamodule, pqa: dict, loggers) -> tuple[dict, dict]:
     """QANN accuracy and, unless the model is a float ANN, its SNN at t = 1..T;
     with analysis=full also spikes, SOPs, energy and conversion error per layer."""
     settings = snn_settings(cfg, qann, pqa)
+    if settings["fold_bn"] and settings["neuron"] != "none":   # the folded QANN is then the reference
+        qann, _ = fold_batchnorm(qann, torch.zeros(1, *datamodule.image_shape))
     snn = None if settings["neuron"] == "none" else convert_to_snn(qann, settings["neuron"])
     module = EvalModule(qann, snn, settings["timesteps"], settings["encoding"], settings["readout"], settings["chunk"])
     trainer = build_trainer(cfg, loggers, max_epochs=1)
     trainer.test(module, datamodule=datamodule, verbose=False)
     results = module.results
+    results["qann"]["reference"] = "bn_folded" if settings["fold_bn"] and snn is not None else "as_trained"
     if cfg.analysis.enabled and snn is not None:
         results["analysis"] = run_analysis(cfg, module, datamodule, settings, loggers)
     return results, settings
