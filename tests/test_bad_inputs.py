@@ -254,12 +254,20 @@ def test_divergence_callback_refuses_a_nonfinite_checkpoint():
     class Trainer:
         global_step, current_epoch, optimizers = 7, 0, []
 
-    cb = StopOnDivergence()
-    cb.on_save_checkpoint(Trainer(), None, {"state_dict": {"w": torch.ones(3)}})
+    trainer, cb = Trainer(), StopOnDivergence()
+    cb.on_save_checkpoint(trainer, None, {"state_dict": {"w": torch.ones(3)}})
     with pytest.raises(DivergedError, match="step 7"):
-        cb.on_save_checkpoint(Trainer(), None, {"state_dict": {"w": torch.tensor([1.0, math.inf])}})
-    with pytest.raises(DivergedError, match="global step 7"):
-        cb.on_before_backward(Trainer(), None, torch.tensor(math.nan))
+        cb.on_save_checkpoint(trainer, None, {"state_dict": {"w": torch.tensor([1.0, math.inf])}})
+    # a loss is read when the next step's forward is queued (no GPU stall); the message names its own step
+    cb.on_before_backward(trainer, None, torch.tensor(1.0))
+    trainer.global_step = 8
+    cb.on_before_backward(trainer, None, torch.tensor(math.nan))
+    trainer.global_step = 9
+    with pytest.raises(DivergedError, match="global step 8"):
+        cb.on_before_backward(trainer, None, torch.tensor(1.0))
+    cb.on_before_backward(trainer, None, torch.tensor(math.inf))  # or at the latest before a checkpoint
+    with pytest.raises(DivergedError, match="global step 9"):
+        cb.on_save_checkpoint(trainer, None, {"state_dict": {"w": torch.ones(3)}})
 
 
 # ---------------------------------------------------------------- true subprocesses

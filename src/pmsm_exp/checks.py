@@ -148,8 +148,8 @@ def try_conversion(model_cfg: dict, pqa: dict, neuron: str, classes: int, state:
     except (ValueError, TypeError) as err:
         raise UserError(f"model: cannot build {model_cfg.get('name')!r} with these settings: "
                         f"{str(err).splitlines()[0]}") from None
-    if state is not None:
-        model.load_state_dict(state, strict=False)
+    if state is not None:  # the learned thresholds decide convertibility (lambda > 0)
+        model.load_state_dict({k: v for k, v in state.items() if k.endswith(".threshold")}, strict=False)
     if neuron == "none":
         return
     try:
