@@ -148,6 +148,14 @@ def test_convert_uses_the_training_checkpoint_artifact(sweep):
     assert not [a for a in conv.artifacts if a.type == "model"]
 
 
+def test_sync_plan_lists_runs_and_lineage(sweep):
+    from pmsm_exp.tracking import sync
+    plan = sync([sweep["sweep_dir"], sweep["convert_dir"]], dry_run=True)
+    train_dirs = [str(r.dir.resolve()) for r in sweep["train"]]
+    assert plan[0] == f"wandb sync {' '.join(train_dirs)} {sweep['convert'].dir.resolve()}"  # training runs first
+    assert plan[1:] == [f"link pmsm-exp/{sweep['convert'].run.run_id} uses checkpoint-{sweep['train'][0].run.run_id}:last"]
+
+
 def test_convert_images_and_conversion_error_table(sweep):
     conv, run_dir = sweep["convert"], sweep["convert_dir"]
     analysis = metrics(run_dir)["analysis"]

@@ -15,11 +15,15 @@ What a W&B run holds (offline by default; `logger=csv` / `logger=none` never imp
   records that reference, the file and its md5 in its config (`checkpoint.*`), since W&B
   refuses `use_artifact` offline;
 - the W&B id lives in `<run dir>/wandb_id`, so a resumed job continues the same W&B run.
+
+`python -m pmsm_exp.tracking sync logs/train/multiruns/<date> logs/convert` uploads offline runs and
+then links each convert run to the checkpoint artifact it used (untested against a server here).
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 import string
@@ -32,6 +36,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+
+from pmsm_exp.errors import UserError
 
 ID_FILE = "wandb_id"
 PROJECT = "pmsm-exp"
@@ -97,7 +103,7 @@ def _train_dir(checkpoint) -> Path | None:
 
 
 def _job_overrides(cfg) -> list[str]:
-    overrides = list(HydraConfig.get().overrides.task)
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     if cfg.task_name == "convert" and cfg.get("ckpt_path"):
         train_dir = _train_dir(cfg.ckpt_path)
         file = train_dir / ".hydra" / "overrides.yaml" if train_dir else None
@@ -114,8 +120,8 @@ def run_group(cfg) -> str:
         train_dir = _train_dir(cfg.ckpt_path)
         if train_dir and (train_dir.parent / "multirun.yaml").is_file():
             return f"sweep-{train_dir.parent.name}"
-    hydra = HydraConfig.get()
-    if hydra.mode == RunMode.MULTIRUN:
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra is not None and hydra.mode == RunMode.MULTIRUN:
         return f"sweep-{Path(hydra.sweep.dir).name}"
     return cfg.experiment_name
 
@@ -143,7 +149,7 @@ def wandb_logger(cfg, node):
     quiet = kwargs.pop("quiet", True)
     checkpoints = kwargs.pop("checkpoints", "reference")
     if checkpoints not in ("reference", "upload", "none"):
-        raise ValueError(f"logger.wandb.checkpoints: got {checkpoints!r}; allowed: reference, upload, none")
+        raise UserError(f"logger.wandb.checkpoints: got {checkpoints!r}; allowed: reference, upload, none")
     overrides = _job_overrides(cfg)
     kwargs["name"] = kwargs.get("name") or run_name(cfg.model.name, cfg.data.name, _method(cfg), overrides, cfg.seed)
     kwargs["group"] = kwargs.get("group") or run_group(cfg)
@@ -155,6 +161,8 @@ def wandb_logger(cfg, node):
     kwargs.setdefault("resume", "allow")
     kwargs["settings"] = wandb.Settings(quiet=bool(quiet))  # no footer of sparklines after the result table
     logger = instantiate(kwargs)
+    if getattr(logger, "_wandb_init", {}).get("anonymous", 0) is None:
+        del logger._wandb_init["anonymous"]  # Lightning passes anonymous=None; wandb 0.31 warns about any value
     logger.pmsm_checkpoints = checkpoints
     return logger
 
@@ -345,3 +353,71 @@ def log_report_table(name: str, rows: list[dict], group: str, *, out_dir=".", pr
         return str(Path(run.dir).parent)
     finally:
         run.finish()
+
+
+# ---------------------------------------------------------------- syncing offline runs
+def offline_run_dirs(paths) -> list[Path]:
+    """Every `offline-run-*` folder under `paths`; training runs first (their artifacts must exist before
+    a convert run can use them), each in time order (a resumed run's folders oldest first)."""
+    dirs = {d.resolve() for p in paths for d in Path(p).rglob("offline-run-*") if d.is_dir()}
+    return sorted(dirs, key=lambda d: (_task(d.parent.parent) != "train", d.name, str(d)))
+
+
+def _task(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())["run"]["task"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def lineage_links(dirs) -> list[tuple[str, str, str]]:
+    """(project, convert run id, checkpoint artifact) for each convert run among `dirs` whose checkpoint
+    came from a training run folder with a W&B id."""
+    links = []
+    for run_dir in dict.fromkeys(d.parent.parent for d in dirs):
+        if _task(run_dir) != "convert" or not (run_dir / ID_FILE).is_file():
+            continue
+        checkpoint = json.loads((run_dir / "metrics.json").read_text())["run"].get("checkpoint")
+        artifact = checkpoint_reference(checkpoint)["checkpoint.artifact"] if checkpoint else None
+        if artifact:
+            saved = run_dir / ".hydra" / "config.yaml"
+            project = OmegaConf.select(OmegaConf.load(saved), "logger.wandb.project") if saved.is_file() else None
+            links.append((project or PROJECT, (run_dir / ID_FILE).read_text().strip(), artifact))
+    return links
+
+
+def sync(paths, dry_run: bool = False) -> list[str]:
+    """`wandb sync` every offline run under `paths`, then link each convert run to the checkpoint
+    artifact it used (W&B cannot record that offline). Returns what it did, one line each."""
+    dirs = offline_run_dirs(paths)
+    if not dirs:
+        raise UserError(f"sync: no offline-run-* folders under {', '.join(map(str, paths))}")
+    links = lineage_links(dirs)
+    done = [f"wandb sync {' '.join(map(str, dirs))}"] + [f"link {p}/{run} uses {a}" for p, run, a in links]
+    if dry_run:
+        return done
+    subprocess.run([sys.executable, "-m", "wandb", "sync", *map(str, dirs)], check=True)
+    import wandb
+    api = wandb.Api()
+    for project, run, artifact in links:
+        path = f"{api.default_entity}/{project}"
+        try:
+            api.run(f"{path}/{run}").use_artifact(api.artifact(f"{path}/{artifact}", type="model"))
+        except Exception as err:  # e.g. the training run was never synced
+            done.append(f"could not link {run} to {artifact}: {err}".splitlines()[0])
+    return done
+
+
+def main(argv=None) -> None:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m pmsm_exp.tracking",
+                                description="sync offline W&B runs (e.g. a sweep folder) and their checkpoint lineage")
+    p.add_argument("command", choices=["sync"])
+    p.add_argument("paths", nargs="+", help="folders to search for offline-run-*, e.g. logs/train/multiruns/<date>")
+    p.add_argument("--dry-run", action="store_true", help="print the sync command and the links, do nothing")
+    args = p.parse_args(argv)
+    print("\n".join(sync(args.paths, args.dry_run)))
+
+
+if __name__ == "__main__":
+    main()
