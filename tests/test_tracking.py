@@ -216,3 +216,17 @@ def test_report_table_run(tmp_path, monkeypatch):
                                                                            "report-table1")
     assert run.table("report/table1") == {"columns": ["model", "method", "acc_t1", "acc_t8"],
                                           "data": [["vgg16", "pmsm", 0.93, None], ["vgg16", "qcfs", None, 0.9]]}
+
+
+def test_job_rerun_in_its_folder_continues_its_wandb_run(sweep, tmp_path):
+    """What a resumed job does: run again in its own folder (here a copy of sweep job 1)."""
+    import shutil
+    sweep_copy = tmp_path / "sweep-copy"
+    shutil.copytree(sweep["jobs"][1], sweep_copy / "1", ignore=shutil.ignore_patterns("wandb", "checkpoints"))
+    shutil.copy(sweep["sweep_dir"] / "multirun.yaml", sweep_copy)
+    hydra_job("train.py", *TINY, "optim.lr=0.05", "pqa.alpha=-0.5", f"hydra.run.dir={sweep_copy / '1'}",
+              log_dir=tmp_path)
+    (rerun,) = offline_runs(sweep_copy / "1" / "wandb")
+    first = sweep["train"][1].run
+    assert rerun.run.run_id == first.run_id and rerun.run.display_name == first.display_name
+    assert rerun.run.run_group == "sweep-sweep-copy"

@@ -113,13 +113,14 @@ def _job_overrides(cfg) -> list[str]:
 
 
 def run_group(cfg) -> str:
-    """experiment_name; a convert run inherits its training run's; a plain multirun: its sweep folder."""
+    """experiment_name; else the sweep the run folder belongs to (`sweep-<sweep folder>`; a convert run:
+    its training run's), so a job resumed on its own stays in its sweep's group."""
     if cfg.experiment_name != "default":
         return cfg.experiment_name
-    if cfg.task_name == "convert" and cfg.get("ckpt_path"):
-        train_dir = _train_dir(cfg.ckpt_path)
-        if train_dir and (train_dir.parent / "multirun.yaml").is_file():
-            return f"sweep-{train_dir.parent.name}"
+    convert = cfg.task_name == "convert" and cfg.get("ckpt_path")
+    folder = _train_dir(cfg.ckpt_path) if convert else Path(cfg.paths.output_dir)
+    if folder and (folder.parent / "multirun.yaml").is_file():  # Hydra writes it into every sweep folder
+        return f"sweep-{folder.parent.name}"
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
     if hydra is not None and hydra.mode == RunMode.MULTIRUN:
         return f"sweep-{Path(hydra.sweep.dir).name}"
@@ -174,12 +175,13 @@ def _runs(loggers) -> list:
     return [(lg, lg.experiment) for lg in loggers if is_wandb(lg)]
 
 
-def close() -> None:
-    """One W&B run per job: without this a multirun logs every job into the first run.
-    Never imports wandb: with logger=csv/none it is not loaded, and then there is nothing to close."""
+def close(exit_code: int | None = None) -> None:
+    """One W&B run per job: without this a multirun logs every job into the first run. A failed job
+    calls close(exit_code=1) so W&B marks its run failed. Never imports wandb: with logger=csv/none
+    it is not loaded (or not installed), and then there is nothing to close."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)
 
 
 # ---------------------------------------------------------------- config
