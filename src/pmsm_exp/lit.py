@@ -222,7 +222,4 @@ class EvalModule(L.LightningModule):
             "spike_events_per_image": (sums["events"].cumsum(0) / n).tolist(),
             "power_mw": [power_mw(s, t) for s, t in zip(spikes, timesteps)],
             "layer_spikes": layer_spikes,
-        }
-        for t, acc, agree in zip(timesteps, self.results["snn"]["test_acc"], self.results["snn"]["agreement"]):
-            self.log(f"snn/test_acc_t{t}", acc)
-            self.log(f"snn/agreement_t{t}", agree)
+        }  # over T, these go to W&B as one row per timestep (tracking.log_results), not one scalar per t

@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from pmsm_exp import tracking
 from pmsm_exp.analysis.entropy import PAPER_ALPHAS, PAPER_BETAS, choose_alpha_beta
 from pmsm_exp.callbacks import StopOnDivergence
 from pmsm_exp.checkpoints import CheckpointError, load_checkpoint  # noqa: F401  (CheckpointError: cli.py)
@@ -75,7 +76,7 @@ def build_teacher(optim: dict, num_classes: int) -> torch.nn.Module | None:
 
 
 def build_loggers(cfg) -> list:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    return tracking.build_loggers(cfg)
 
 
 def build_trainer(cfg, loggers, callbacks=(), **overrides) -> L.Trainer:
@@ -122,12 +123,8 @@ def run_analysis(cfg, module: EvalModule, datamodule, settings: dict, loggers) -
     if settings["encoding"] != "static":
         raise ValueError(f"analysis=full supports static encoding (the CNNs), got encoding={settings['encoding']!r}")
     out_dir = Path(HydraConfig.get().runtime.output_dir) / "analysis"
-    summary = analyze(module.qann, module.snn, datamodule.test_dataloader(), settings["timesteps"], out_dir,
-                      label=cfg.pqa.method, max_batches=cfg.analysis.get("max_batches"), device=module.device)
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.log_image("analysis", [str(p) for p in sorted(out_dir.glob("*.png"))])
-    return summary
+    return analyze(module.qann, module.snn, datamodule.test_dataloader(), settings["timesteps"], out_dir,
+                   label=cfg.pqa.method, max_batches=cfg.analysis.get("max_batches"), device=module.device)
 
 
 def run_record(cfg, pqa: dict, settings: dict, extra: dict | None = None) -> dict:
@@ -150,30 +147,15 @@ def finish(cfg, record: dict, results: dict, loggers) -> dict:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     metrics = {"run": record, **results}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.experiment.summary.update(flatten({"qann": results["qann"], "snn": results.get("snn", {})}))
-            logger.experiment.config.update({"run": record}, allow_val_change=True)
-    print(summary_table(metrics, out_dir))
-    close_wandb()
+    tracking.finish(loggers, metrics)  # W&B charts, tables, artifacts; closes the run before the table prints
+    table = summary_table(metrics, out_dir)
+    (out_dir / "summary.txt").write_text(table.lstrip("\n") + "\n")
+    print(table)
     return metrics
 
 
 def close_wandb() -> None:
-    """One W&B run per job: without this a multirun logs every job into the first run."""
-    import wandb
-    if wandb.run is not None:
-        wandb.finish()
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    tracking.close()
 
 
 def summary_table(metrics: dict, out_dir: Path) -> str:
@@ -205,9 +187,9 @@ def train(cfg) -> dict:
     optim = plain(cfg.optim)
     module = QANNModule(model, datamodule.num_classes, optim, run_config, build_teacher(optim, datamodule.num_classes))
     loggers = build_loggers(cfg)
+    tracking.start(loggers, run_config, model)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    if not loggers:  # nothing to log the learning rate to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks = [c for c in callbacks if loggers or not isinstance(c, LearningRateMonitor)]  # logger=none
     callbacks.append(StopOnDivergence())
     trainer = build_trainer(cfg, loggers, callbacks)
     trainer.fit(module, datamodule=datamodule)
@@ -239,5 +221,6 @@ def convert(cfg) -> dict:
         raise CheckpointError(f"checkpoint {cfg.ckpt_path} does not fit model {cfg.model.name}: "
                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     loggers = build_loggers(cfg)
+    tracking.start(loggers, {**plain(cfg), "pqa": pqa}, model, trained=stored, checkpoint=cfg.ckpt_path)
     results, settings = evaluate(cfg, model, datamodule, pqa, loggers)
     return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": str(cfg.ckpt_path)}), results, loggers)
