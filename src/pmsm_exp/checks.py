@@ -93,7 +93,8 @@ def check_snn(cfg, pqa_neuron: str | None) -> None:
     positive_int(cfg, "snn.timesteps")
     one_of(cfg, "snn.encoding", ("auto", *ENCODINGS))
     one_of(cfg, "snn.readout", ("auto", *READOUTS))
-    positive_int(cfg, "snn.chunk", optional=True)   # 0 used to mean "all steps" silently
+    if OmegaConf.select(cfg, "snn.chunk") != "auto":
+        positive_int(cfg, "snn.chunk", optional=True)   # 0 used to mean "all steps" silently
     if cfg.snn.neuron is not None:
         one_of(cfg, "snn.neuron", (*NEURONS, "none"))
 
