@@ -1,24 +1,104 @@
-"""Entry-point helper: user mistakes end in one readable line, not a traceback."""
+"""The job wrapper around train.py / convert.py: every outcome is recorded on disk.
+
+- finished: the pipeline writes metrics.json itself;
+- a job whose folder already says "finished" (a relaunched sweep) is skipped in one line;
+- failed / diverged: metrics.json with that status and the error's one line, the
+  traceback in the job's log file (train.log / convert.log), the W&B run finished as
+  failed; then the error is raised again, so Hydra fails the job: a single run exits 1,
+  a multirun goes on with the next job and exits non-zero at the end. Known user
+  mistakes become a `UserError`, which Hydra prints as one line;
+- stopped by a signal (preemption): the checkpoint is saved (preemption.Resumable),
+  nothing is recorded, the process exits 128 + signal and the next launch resumes.
+"""
 from __future__ import annotations
 
 import functools
-import os
-import sys
+import logging
+import traceback
+from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from pmsm_exp import records
 from pmsm_exp.data import DatasetNotFoundError
-from pmsm_exp.pipeline import CheckpointError
+from pmsm_exp.errors import DivergedError, UserError
+from pmsm_exp.pipeline import CheckpointError, close_wandb
+from pmsm_exp.preemption import Preempted
+from pmsm_exp.runs import is_finished
 
 USER_ERRORS = (ValueError, FileNotFoundError, DatasetNotFoundError, CheckpointError)
+log = logging.getLogger("pmsm_exp")
 
 
-def readable_errors(fn):
+def route_logging() -> None:
+    """Send the `pmsm_exp` and Lightning loggers to the job's log file too. Hydra configures
+    logging anew for every job (file handler on the root logger); Lightning's logger does
+    not propagate to the root, so without this train.log stays empty."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for name in ("pmsm_exp", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(h)  # the previous job's file (basic launcher: same process)
+        if name != "pmsm_exp":
+            for h in files:
+                logger.addHandler(h)
+    log.setLevel(logging.INFO)
+
+
+def one_line(err: BaseException) -> str:
+    """A user mistake's own message; anything else with its type in front."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    return first if isinstance(err, USER_ERRORS) else f"{type(err).__name__}: {first}"
+
+
+def failure_record(cfg) -> dict:
+    """Enough of the run's identity for a report to list it as left out."""
+    run = {"task": cfg.get("task_name"), "experiment": cfg.get("experiment_name"), "seed": cfg.get("seed")}
+    for key in ("model", "data"):
+        node = cfg.get(key)
+        run[key] = node.get("name") if node is not None and hasattr(node, "get") else None
+    try:
+        run["method"] = cfg.pqa.method
+    except Exception:  # convert.py has no pqa before the checkpoint is read
+        run["method"] = None
+    run["overrides"] = list(HydraConfig.get().overrides.task)
+    return run
+
+
+def record_failure(cfg, out_dir: Path, err: BaseException, status: str) -> None:
+    if rank_zero_only.rank != 0:
+        return
+    log.error("job %s: %s\n%s", status, one_line(err),
+              "".join(traceback.format_exception(type(err), err, err.__traceback__)))
+    try:
+        records.write_metrics(out_dir, {"run": failure_record(cfg), "error": one_line(err)}, status)
+    except OSError as write_err:  # e.g. a read-only log folder: the error itself matters more
+        log.error("could not write %s: %s", out_dir / records.METRICS_FILE, write_err)
+    close_wandb(exit_code=1)
+
+
+def job(fn):
+    """Wraps a Hydra task function (see module docstring)."""
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(cfg):
+        route_logging()
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        if cfg.get("resume") in (None, "auto") and is_finished(out_dir):
+            metrics, _ = records.read_metrics(out_dir / records.METRICS_FILE)
+            print(f"skipped: {out_dir} already finished (delete its metrics.json to run it again)")
+            return (metrics.get("qann") or {}).get("test_acc")
         try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as err:
-            if os.environ.get("PMSM_DEBUG"):
-                raise
-            print(f"error: {err}  (PMSM_DEBUG=1 shows the traceback)", file=sys.stderr)
-            sys.exit(2)
+            return fn(cfg)
+        except DivergedError as err:
+            record_failure(cfg, out_dir, err, records.DIVERGED)
+            raise
+        except SIGTERMException as err:  # Lightning's SIGTERM stop carries exit status 0: a preemption is not a success
+            raise Preempted(128 + 15) from err
+        except Exception as err:
+            record_failure(cfg, out_dir, err, records.FAILED)
+            if isinstance(err, USER_ERRORS) and not isinstance(err, UserError):
+                raise UserError(one_line(err)) from None
+            raise
     return wrapper

@@ -2,22 +2,28 @@
 train (QANN) -> convert -> simulate -> metrics.json, W&B and a terminal table."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+
+from pmsm_exp import records, runs
 
 from pmsm_exp.analysis.entropy import PAPER_ALPHAS, PAPER_BETAS, choose_alpha_beta
 from pmsm_exp.conversion import NEURONS, convert_to_snn
 from pmsm_exp.data import create_datamodule
-from pmsm_exp.lit import EvalModule, QANNModule
+from pmsm_exp.errors import UserError
+from pmsm_exp.lit import EvalModule, QANNModule, shard_test_loader
 from pmsm_exp.models import create_model
 from pmsm_exp.quant import make_activation
+from pmsm_exp.preemption import Resumable
 from pmsm_exp.simulate import check_settings
+
+EVAL_CHECKPOINTS = ("last", "best")
 
 
 class CheckpointError(ValueError):
@@ -72,8 +78,31 @@ def build_teacher(optim: dict, num_classes: int) -> torch.nn.Module | None:
     return teacher
 
 
+def output_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
 def build_loggers(cfg) -> list:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        if str(node.get("_target_", "")).endswith("WandbLogger"):  # a resumed run continues its W&B run
+            loggers.append(instantiate(node, id=runs.wandb_run_id(output_dir()), resume="allow"))
+        else:
+            loggers.append(instantiate(node))
+    return loggers
+
+
+def has_validation(datamodule) -> bool:
+    """A held-out split of the training set (data.val_fraction > 0); never the test set."""
+    flag = getattr(datamodule, "has_validation", None)
+    return bool(flag if flag is not None else getattr(datamodule, "val_fraction", 0))
+
+
+def build_callbacks(cfg, validation: bool) -> list:
+    """The configured callbacks, less those that monitor a validation metric when there is
+    no validation split; Resumable makes resumption exact and signal-safe."""
+    nodes = [n for n in (cfg.get("callbacks") or {}).values() if validation or not n.get("monitor")]
+    return [*(instantiate(n) for n in nodes), Resumable(output_dir() / "checkpoints")]
 
 
 def build_trainer(cfg, loggers, callbacks=(), **overrides) -> L.Trainer:
@@ -102,10 +131,13 @@ def evaluate(cfg, qann, datamodule, pqa: dict, loggers) -> tuple[dict, dict]:
     settings = snn_settings(cfg, qann, pqa)
     snn = None if settings["neuron"] == "none" else convert_to_snn(qann, settings["neuron"])
     module = EvalModule(qann, snn, settings["timesteps"], settings["encoding"], settings["readout"], settings["chunk"])
-    trainer = build_trainer(cfg, loggers, max_epochs=1)
+    # each rank evaluates its own share of the test set, no image twice (see lit.shard_test_loader)
+    trainer = build_trainer(cfg, loggers, max_epochs=1, use_distributed_sampler=False)
+    shard_test_loader(datamodule)
     trainer.test(module, datamodule=datamodule, verbose=False)
     results = module.results
-    if cfg.analysis.enabled and snn is not None:
+    if cfg.analysis.enabled and snn is not None and trainer.is_global_zero:
+        module.to(module.eval_device)  # Lightning moved it back to the CPU after testing
         results["analysis"] = run_analysis(cfg, module, datamodule, settings, loggers)
     return results, settings
 
@@ -114,9 +146,10 @@ def run_analysis(cfg, module: EvalModule, datamodule, settings: dict, loggers) -
     from pmsm_exp.analysis.run_analysis import analyze  # matplotlib only when asked for
     if settings["encoding"] != "static":
         raise ValueError(f"analysis=full supports static encoding (the CNNs), got encoding={settings['encoding']!r}")
-    out_dir = Path(HydraConfig.get().runtime.output_dir) / "analysis"
-    summary = analyze(module.qann, module.snn, datamodule.test_dataloader(), settings["timesteps"], out_dir,
-                      label=cfg.pqa.method, max_batches=cfg.analysis.get("max_batches"), device=module.device)
+    out_dir = output_dir() / "analysis"
+    loader = getattr(datamodule, "_unsharded_test_dataloader", datamodule.test_dataloader)()  # the whole test set
+    summary = analyze(module.qann, module.snn, loader, settings["timesteps"], out_dir,
+                      label=cfg.pqa.method, max_batches=cfg.analysis.get("max_batches"), device=module.eval_device)
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.log_image("analysis", [str(p) for p in sorted(out_dir.glob("*.png"))])
@@ -140,9 +173,11 @@ def run_record(cfg, pqa: dict, settings: dict, extra: dict | None = None) -> dic
 
 
 def finish(cfg, record: dict, results: dict, loggers) -> dict:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    out_dir = output_dir()
     metrics = {"run": record, **results}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if rank_zero_only.rank != 0:  # DDP: the other ranks evaluated their share; rank zero reports
+        return metrics
+    records.write_metrics(out_dir, metrics, records.FINISHED)
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.summary.update(flatten({"qann": results["qann"], "snn": results.get("snn", {})}))
@@ -152,11 +187,15 @@ def finish(cfg, record: dict, results: dict, loggers) -> dict:
     return metrics
 
 
-def close_wandb() -> None:
-    """One W&B run per job: without this a multirun logs every job into the first run."""
+def close_wandb(exit_code: int | None = None) -> None:
+    """One W&B run per job: without this a multirun logs every job into the first run.
+    exit_code=1 marks the W&B run failed (cli.job on an error)."""
+    import sys
+    if "wandb" not in sys.modules:
+        return
     import wandb
     if wandb.run is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -184,7 +223,20 @@ def summary_table(metrics: dict, out_dir: Path) -> str:
 
 
 # ---------------------------------------------------------------- the two jobs
+def check_schedule(cfg) -> None:
+    """Training-length and checkpoint-choice settings, refused before any work."""
+    epochs = cfg.epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise UserError(f"epochs: got {epochs!r}; a positive integer")
+    if cfg.eval_checkpoint not in EVAL_CHECKPOINTS:
+        raise UserError(f"eval_checkpoint: got {cfg.eval_checkpoint!r}; one of {', '.join(EVAL_CHECKPOINTS)}")
+    if cfg.eval_checkpoint == "best" and not (cfg.data.get("val_fraction") or 0) > 0:
+        raise UserError("eval_checkpoint: got 'best' with data.val_fraction=0; best is chosen on a held-out "
+                        "validation split: set data.val_fraction > 0 (e.g. 0.1) or eval_checkpoint=last")
+
+
 def train(cfg) -> dict:
+    check_schedule(cfg)
     L.seed_everything(cfg.seed, workers=True)
     pqa = resolve_pqa(cfg.pqa)
     datamodule = build_datamodule(cfg.data)
@@ -197,14 +249,21 @@ def train(cfg) -> dict:
     optim = plain(cfg.optim)
     module = QANNModule(model, datamodule.num_classes, optim, run_config, build_teacher(optim, datamodule.num_classes))
     loggers = build_loggers(cfg)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer = build_trainer(cfg, loggers, callbacks)
-    trainer.fit(module, datamodule=datamodule)
-    checkpoint = trainer.checkpoint_callback
-    ckpt_path = checkpoint.last_model_path if checkpoint else ""
-    if cfg.eval_checkpoint == "best" and checkpoint and checkpoint.best_model_path:
-        ckpt_path = checkpoint.best_model_path
-        module.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"])
+    validation = has_validation(datamodule)
+    trainer = build_trainer(cfg, loggers, build_callbacks(cfg, validation),
+                            **({} if validation else {"limit_val_batches": 0, "num_sanity_val_steps": 0}))
+    resume_from = runs.resume_checkpoint(cfg.get("resume"), output_dir())
+    if resume_from and rank_zero_only.rank == 0:
+        print(f"resuming from {resume_from}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    last = output_dir() / runs.LAST
+    ckpt_path = str(last) if last.is_file() else ""
+    best = [c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path]
+    if cfg.eval_checkpoint == "best" and best:
+        ckpt_path = best[0]
+        # into the student only: the teacher's keys are never saved (QANNModule.on_save_checkpoint)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+        module.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     results, settings = evaluate(cfg, module.model, datamodule, pqa, loggers)
     return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": ckpt_path}), results, loggers)
 
