@@ -20,6 +20,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import OmegaConf
 
 from pmsm_exp import records
 from pmsm_exp.data import DatasetNotFoundError
@@ -33,15 +34,18 @@ log = logging.getLogger("pmsm_exp")
 
 
 def route_logging() -> None:
-    """Send the `pmsm_exp` and Lightning loggers to the job's log file too. Hydra configures
-    logging anew for every job (file handler on the root logger); Lightning's logger does
-    not propagate to the root, so without this train.log stays empty."""
+    """Send the `pmsm_exp` and Lightning loggers to the job's log file (train.log). Hydra
+    configures logging anew for every job (a file handler on the root logger); Lightning's
+    logger does not propagate to the root, so without this train.log stays empty. `pmsm_exp`
+    writes to the file only: a failure's traceback belongs there, not on the terminal, where
+    Hydra prints the error itself."""
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    log.propagate = False
     for name in ("pmsm_exp", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
             logger.removeHandler(h)  # the previous job's file (basic launcher: same process)
-        if name != "pmsm_exp":
+        if not logger.propagate:  # (a propagating logger reaches the file through the root)
             for h in files:
                 logger.addHandler(h)
     log.setLevel(logging.INFO)
@@ -55,15 +59,13 @@ def one_line(err: BaseException) -> str:
 
 def failure_record(cfg) -> dict:
     """Enough of the run's identity for a report to list it as left out."""
-    run = {"task": cfg.get("task_name"), "experiment": cfg.get("experiment_name"), "seed": cfg.get("seed")}
-    for key in ("model", "data"):
-        node = cfg.get(key)
-        run[key] = node.get("name") if node is not None and hasattr(node, "get") else None
+    run = {"overrides": list(HydraConfig.get().overrides.task)}
+    keys = {"task": "task_name", "experiment": "experiment_name", "seed": "seed", "model": "model.name",
+            "data": "data.name", "method": "pqa.method"}  # convert.py: model/pqa come from the checkpoint
     try:
-        run["method"] = cfg.pqa.method
-    except Exception:  # convert.py has no pqa before the checkpoint is read
-        run["method"] = None
-    run["overrides"] = list(HydraConfig.get().overrides.task)
+        run.update({k: OmegaConf.select(cfg, key, default=None) for k, key in keys.items()})
+    except Exception:  # a config that cannot be resolved: the overrides and the error say enough
+        pass
     return run
 
 

@@ -2,6 +2,7 @@
 train (QANN) -> convert -> simulate -> metrics.json, W&B and a terminal table."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -12,15 +13,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from pmsm_exp import records, runs
-
 from pmsm_exp.analysis.entropy import PAPER_ALPHAS, PAPER_BETAS, choose_alpha_beta
 from pmsm_exp.conversion import NEURONS, convert_to_snn
 from pmsm_exp.data import create_datamodule
 from pmsm_exp.errors import UserError
 from pmsm_exp.lit import EvalModule, QANNModule, shard_test_loader
 from pmsm_exp.models import create_model
-from pmsm_exp.quant import make_activation
 from pmsm_exp.preemption import Resumable
+from pmsm_exp.quant import make_activation
 from pmsm_exp.simulate import check_settings
 
 EVAL_CHECKPOINTS = ("last", "best")
@@ -190,8 +190,7 @@ def finish(cfg, record: dict, results: dict, loggers) -> dict:
 def close_wandb(exit_code: int | None = None) -> None:
     """One W&B run per job: without this a multirun logs every job into the first run.
     exit_code=1 marks the W&B run failed (cli.job on an error)."""
-    import sys
-    if "wandb" not in sys.modules:
+    if "wandb" not in sys.modules:  # never imported: no run to close
         return
     import wandb
     if wandb.run is not None:
@@ -235,6 +234,13 @@ def check_schedule(cfg) -> None:
                         "validation split: set data.val_fraction > 0 (e.g. 0.1) or eval_checkpoint=last")
 
 
+def load_student(module: QANNModule, ckpt_path: str) -> None:
+    """The trained model's weights from a checkpoint, strictly; a distillation teacher is left
+    as it is (its keys are never saved: QANNModule.on_save_checkpoint)."""
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+
+
 def train(cfg) -> dict:
     check_schedule(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -261,9 +267,7 @@ def train(cfg) -> dict:
     best = [c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path]
     if cfg.eval_checkpoint == "best" and best:
         ckpt_path = best[0]
-        # into the student only: the teacher's keys are never saved (QANNModule.on_save_checkpoint)
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
-        module.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+        load_student(module, ckpt_path)
     results, settings = evaluate(cfg, module.model, datamodule, pqa, loggers)
     return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": ckpt_path}), results, loggers)
 

@@ -11,6 +11,8 @@ finished, and which checkpoint it continues from.
 from __future__ import annotations
 
 import os
+import uuid
+import warnings
 from pathlib import Path
 
 import yaml
@@ -106,8 +108,7 @@ def wandb_run_id(out_dir: Path | str) -> str:
     path = Path(out_dir) / "wandb_run_id"
     if path.is_file():
         return path.read_text().strip()
-    import wandb
-    run_id = wandb.util.generate_id()
+    run_id = uuid.uuid4().hex[:8]  # W&B's own id format: 8 characters of [a-z0-9]
     path.write_text(run_id)
     return run_id
 
@@ -126,7 +127,9 @@ class CSVLogger(_LightningCSVLogger):
             kept = metrics.with_suffix(".csv.resumed")
             if metrics.is_file():  # keep it away from Lightning's writer, then put it back
                 os.replace(metrics, kept)
-            writer = super().experiment
+            with warnings.catch_warnings():  # Lightning's "will be deleted" does not apply: the file was moved
+                warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+                writer = super().experiment
             if kept.is_file():
                 os.replace(kept, metrics)
                 header = metrics.read_text().splitlines()[:1]
