@@ -36,6 +36,11 @@ def run(script, *overrides, log_dir, check=True):
     return proc
 
 
+def error_line(stderr: str) -> str:
+    """The error's one line: Hydra follows it with a hint about HYDRA_FULL_ERROR."""
+    return [line for line in stderr.strip().splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line][-1]
+
+
 def compose_train(*overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("train", overrides=list(overrides), return_hydra_config=True)
@@ -170,7 +175,7 @@ def test_unknown_option_lists_valid_ones(override, expected, tmp_path):
 def test_missing_dataset_is_one_readable_line(tmp_path):
     proc = run("train.py", "data=cifar10", f"paths.data_dir={tmp_path / 'nowhere'}", log_dir=tmp_path, check=False)
     assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
+    last = error_line(proc.stderr)
     assert "cifar-10-batches-py" in last and "download" in last
     assert "Traceback" not in proc.stderr
 
@@ -192,5 +197,5 @@ def test_missing_and_corrupt_checkpoint(tmp_path):
 def test_bad_settings_fail_before_training(override, fragment, tmp_path):
     proc = run("train.py", *tiny(), override, log_dir=tmp_path, check=False)
     assert proc.returncode == 1
-    assert fragment in proc.stderr.strip().splitlines()[-1]
+    assert fragment in error_line(proc.stderr)
     assert not list(tmp_path.rglob("*.ckpt"))
