@@ -12,8 +12,8 @@ python -m pmsm_exp.report energy --logs "$LOGS" --timesteps 1 2 --name table3 \
   --experiment table3_vgg16_cifar10 table3_vgg16_cifar100
 # Fig. 4 and energy at equal accuracy, per data set: newest PMSM and QCFS runs of each experiment
 for exp in table3_vgg16_cifar10 table3_vgg16_cifar100; do
-  pmsm=$(grep -l "\"experiment\": \"$exp\"" $(find "$LOGS" -name metrics.json) | xargs grep -l '"method": "pmsm"' | tail -1)
-  qcfs=$(grep -l "\"experiment\": \"$exp\"" $(find "$LOGS" -name metrics.json) | xargs grep -l '"method": "qcfs"' | tail -1)
-  python -m pmsm_exp.analysis.compare PMSM="$(dirname "$pmsm")" QCFS="$(dirname "$qcfs")" --out "results/$exp"
+  pmsm=$(python -m pmsm_exp.report latest --logs "$LOGS" --experiment "$exp" --method pmsm)   # newest by time
+  qcfs=$(python -m pmsm_exp.report latest --logs "$LOGS" --experiment "$exp" --method qcfs)
+  python -m pmsm_exp.analysis.compare PMSM="$pmsm" QCFS="$qcfs" --out "results/$exp"
 done
 exit $status

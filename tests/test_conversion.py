@@ -1,9 +1,13 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from helpers import random_qann
+from helpers import random_qann, randomize
 from pmsm_exp.conversion import convert_to_snn
+from pmsm_exp.errors import UserError
+from pmsm_exp.folding import fold_batchnorm
 from pmsm_exp.models import create_model
 from pmsm_exp.neurons import SpikingNeuron, spiking_neurons
 from pmsm_exp.quant import PQA, make_activation, pqa_layers
@@ -33,9 +37,7 @@ def test_snn_first_step_equals_quantized_ann(arch, levels, alpha, beta, dtype):
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=dtype)
     logits, level_sums = quantized_level_sums(qann, x)
     result = simulate(convert_to_snn(qann), x, timesteps=1)
-    first = result.outputs[0]
-    assert (first - logits).abs().max() <= 1e-5 * logits.abs().max()
-    assert torch.equal(first.argmax(1), logits.argmax(1))
+    assert torch.equal(result.outputs[0], logits)
     assert {n: c[0].item() for n, c in result.spike_counts.items()} == level_sums
     assert sum(level_sums.values()) > 0
 
@@ -49,14 +51,96 @@ def test_first_step_exact_inside_longer_run():
     assert torch.equal(result.outputs[0], logits)
 
 
+class PlainAIF(nn.Module):
+    """The test's own AIF neuron for the step-by-step reference: one step per call."""
+
+    def __init__(self, q: PQA):
+        super().__init__()
+        self.theta, self.lo, self.hi, self.v = q.step_size().detach(), q.min_level, q.max_level, None
+
+    def forward(self, z):
+        m = z / self.theta + 0.5 if self.v is None else self.v + z / self.theta
+        s = torch.clamp(torch.floor(m), self.lo, self.hi)
+        self.v = m - s
+        return s * self.theta
+
+
+def step_by_step_reference(qann: nn.Module, x: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """The QANN with each PQA swapped for PlainAIF, run T times on x; running mean of the logits."""
+    model = copy.deepcopy(qann)
+    for name, q in pqa_layers(model).items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, PlainAIF(q))
+    with torch.no_grad():
+        outs = torch.stack([model(x) for _ in range(timesteps)])
+    return outs.cumsum(0) / torch.arange(1, timesteps + 1).reshape(-1, 1, 1)
+
+
 def test_multistep_matches_step_by_step_reference():
-    snn = convert_to_snn(random_qann("resnet20", 8, -0.25, 1.0, seed=4))
-    x = torch.randn(4, 3, 32, 32)
-    together = simulate(snn, x, timesteps=5)
-    one_by_one = simulate(snn, x, timesteps=5, chunk=1)
-    assert torch.allclose(together.outputs, one_by_one.outputs, atol=1e-5)
-    for name in together.spike_counts:
-        assert torch.allclose(together.spike_counts[name], one_by_one.spike_counts[name], rtol=1e-3)
+    qann = random_qann("resnet20", 8, -0.25, 1.0, seed=4)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    reference = step_by_step_reference(qann, x, 5)
+    snn = convert_to_snn(qann)
+    for chunk in (None, 1, 2, 4):
+        assert torch.equal(simulate(snn, x, timesteps=5, chunk=chunk).outputs, reference), chunk
+
+
+@pytest.fixture(scope="module", params=["resnet20", "vgg16"])
+def folded(request):
+    qann = random_qann(request.param, 8, -0.25, 1.0, seed=8)
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    reference, pairs = fold_batchnorm(qann, x[:1])
+    return request.param, qann, reference, pairs, x
+
+
+def test_every_switch_on_first_step_equals_folded_qann(folded):
+    arch, qann, reference, pairs, x = folded
+    assert len(pairs) == {"resnet20": 21, "vgg16": 13}[arch]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in reference.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in qann.modules())   # the original is untouched
+    with torch.no_grad():
+        logits, original = reference(x), qann(x)
+    # folding only re-rounds: the folded QANN stays close to the trained one
+    assert torch.allclose(logits, original, atol=1e-3 * original.abs().max().item())
+    snn = convert_to_snn(reference)
+    auto = simulate(snn, x, timesteps=4)                   # fused kernels, chunk chosen automatically
+    assert torch.equal(auto.outputs[0], logits)
+    for chunk in (1, 3):                                   # chunked and unchunked agree exactly
+        assert torch.equal(simulate(snn, x, timesteps=4, chunk=chunk).outputs, auto.outputs)
+    assert torch.equal(auto.outputs, step_by_step_reference(reference, x, 4))
+
+
+def test_fold_matches_float_network_and_skips_shared_outputs():
+    torch.manual_seed(0)
+
+    class Shared(nn.Module):   # the conv output feeds the BatchNorm and a second branch: no fold
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.pool = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AvgPool2d(2)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y).mean() + self.pool(y).mean()
+
+    net = randomize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                                  nn.Linear(4 * 6 * 6, 5), nn.BatchNorm1d(5)), torch.Generator().manual_seed(0))
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_var.uniform_(0.5, 2.0)
+            m.running_mean.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 3, 8, 8)
+    folded, pairs = fold_batchnorm(net, x)
+    assert pairs == [("0", "1"), ("4", "5")]
+    with torch.no_grad():
+        assert torch.allclose(folded(x), net(x), atol=1e-5)
+    assert fold_batchnorm(Shared().eval(), x)[1] == []
+
+
+def test_chunk_zero_refused_with_one_line():
+    snn = convert_to_snn(nn.Sequential(nn.Linear(4, 4), PQA()))
+    for bad in (0, -2, 1.5, "all"):
+        with pytest.raises(UserError, match=r"^snn\.chunk: got .*; allowed: a positive integer.*auto"):
+            simulate(snn, torch.zeros(2, 4), 3, chunk=bad)
 
 
 def test_pmsm_stays_close_to_quantized_ann_over_time():
@@ -156,3 +240,20 @@ def test_stbif_baseline_reaches_quantized_ann_after_enough_steps():
     outputs = simulate(snn, x, 24, encoding="first", readout="sum").outputs
     assert not torch.allclose(outputs[0], logits, atol=1e-3)      # one spike per step: far off at t=1
     assert torch.allclose(outputs[-1], logits, atol=1e-4)         # tracer settles on the quantized level
+
+
+@pytest.mark.slow   # torch.compile: tens of seconds of compilation on a CPU
+def test_compiled_kernels_give_the_same_simulation():
+    from pmsm_exp import fused
+    qann = random_qann("resnet20", 8, -0.25, 1.0, seed=9)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    reference = step_by_step_reference(qann, x, 4)
+    snn = convert_to_snn(qann)
+    fused.set_backend("compile")
+    try:
+        with torch.no_grad():
+            logits = qann(x)
+        outputs = simulate(snn, x, timesteps=4, chunk=2).outputs
+    finally:
+        fused.set_backend("eager")
+    assert torch.equal(outputs, reference) and torch.equal(outputs[0], logits)

@@ -51,7 +51,8 @@ def test_cifar10_real_shapes_labels_normalisation(cifar10_root):
     dm.setup("fit")
     assert dm.num_classes == 10 and dm.image_shape == (3, 32, 32)
     assert len(dm.train_set) == N_TRAIN and len(dm.test_set) == N_TEST
-    assert dm.val_set is dm.test_set  # no val split: val uses test
+    # val_fraction=0: no validation at all (never the test set in its place)
+    assert not dm.has_validation and dm.val_set is None and dm.val_dataloader() == []
     assert dm.train_set.images.dtype == torch.uint8
 
     x, y = next(iter(dm.test_dataloader()))
@@ -155,18 +156,19 @@ def test_imagenet_generated_layout(tmp_path):
     assert dm.num_classes == 3  # inferred before setup, from train/
     dm.prepare_data()
     dm.setup()
-    assert len(dm.train_set) == 12 and len(dm.val_set) == 12
+    # ImageNet's val/ folder is the test set; no held-out validation with val_fraction=0
+    assert len(dm.train_set) == 12 and len(dm.test_set) == 12 and not dm.has_validation
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 64, 64) and set(y.tolist()) <= {0, 1, 2}
-    xv, yv = next(iter(dm.val_dataloader()))
+    xv, yv = next(iter(dm.test_dataloader()))
     assert xv.shape == (4, 3, 64, 64) and dm.image_shape == (3, 64, 64)
-    assert torch.equal(dm.val_set[5][0], dm.val_set[5][0])  # eval transform is deterministic
+    assert torch.equal(dm.test_set[5][0], dm.test_set[5][0])  # eval transform is deterministic
 
     # Subsets spread over classes; repeated augmentation uses timm's sampler.
     sub = ImageNetDataModule(data_dir=str(root), image_size=32, train_subset=3, test_subset=6,
                              repeated_aug=3, num_workers=0)
     sub.setup()
-    assert len(sub.val_set) == 6
+    assert len(sub.test_set) == 6
     assert {sub.train_set[i][1] for i in range(3)} == {0, 1, 2}
     from timm.data.distributed_sampler import RepeatAugSampler
     assert isinstance(sub.train_dataloader().sampler, RepeatAugSampler)
@@ -297,3 +299,120 @@ def test_cifar_vit_recipe_random_erasing_and_repeated_augmentation(tmp_path):
     assert 0 < changed <= 0.4 + 1e-6          # one erased patch covering at most 40% of the image
     assert isinstance(erased.train_dataloader().sampler, RepeatAugSampler)
     assert not isinstance(plain.train_dataloader().sampler, RepeatAugSampler)
+
+
+# ---------------------------------------------------------------- bad inputs: one line naming key or file
+
+def one_line_user_error(exc_info, *needles):
+    from pmsm_exp.errors import UserError
+    msg = str(exc_info.value)
+    assert isinstance(exc_info.value, UserError), type(exc_info.value)
+    assert "\n" not in msg and all(n in msg for n in needles), msg
+    return msg
+
+
+@pytest.mark.parametrize("name, key, value", [
+    ("cifar10", "batch_size", 0), ("synthetic", "batch_size", 0), ("imagenet", "batch_size", -4),
+    ("cifar10", "batch_size", "abc"),
+    ("cifar10", "train_subset", 0), ("cifar10", "train_subset", -5), ("imagenet", "train_subset", 0),
+    ("cifar100", "test_subset", 0), ("imagenet", "test_subset", -1), ("cifar10", "test_subset", "abc"),
+    ("cifar10", "num_workers", -1), ("imagenet", "num_workers", -2), ("synthetic", "num_workers", -1),
+    ("cifar10", "val_fraction", 1.0), ("synthetic", "val_fraction", -0.5),
+    ("cifar10", "cutout", -8), ("cifar10", "re_prob", 1.5), ("cifar10", "repeated_aug", 0),
+    ("synthetic", "train_size", 0), ("synthetic", "num_classes", 0),
+    ("cifar10", "on_device", "yes"), ("cifar100", "augment", "abc"),
+])
+def test_bad_data_values_refused_in_constructor(name, key, value):
+    with pytest.raises(ValueError) as exc:
+        create_datamodule(name, **{key: value})
+    msg = one_line_user_error(exc, f"data.{key}", repr(value))
+    assert msg.startswith(f"data.{key}: got ") and "allowed" in msg
+
+
+def test_unknown_data_name_and_setting():
+    with pytest.raises(ValueError) as exc:
+        create_datamodule("mnist")
+    one_line_user_error(exc, "data.name", "'mnist'", "cifar10", "synthetic")
+    # e.g. a synthetic checkpoint's stored data config with +data.name=cifar10 on convert
+    with pytest.raises(ValueError) as exc:
+        create_datamodule("cifar10", train_size=512, batch_size=8)
+    one_line_user_error(exc, "data.train_size", "512", "data=cifar10", "train_subset")
+
+
+@pytest.fixture
+def cifar10_files(tmp_path):
+    from data_files import write_cifar10
+    write_cifar10(tmp_path, per_batch=6, n_test=8)
+    return tmp_path, tmp_path / "cifar-10-batches-py"
+
+
+@pytest.mark.parametrize("key", ["train_subset", "test_subset"])
+def test_subset_larger_than_the_set_refused_at_setup(cifar10_files, key):
+    root, _ = cifar10_files
+    dm = CIFAR10DataModule(data_dir=str(root), **{key: 31})
+    with pytest.raises(ValueError) as exc:
+        dm.setup()
+    one_line_user_error(exc, f"data.{key}: got 31", "1..30" if key == "train_subset" else "1..8")
+
+
+def corrupt_truncated(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def corrupt_text(path):
+    path.write_text("I am a text file\n1,2,3\n")
+
+
+def corrupt_empty(path):
+    path.write_bytes(b"")
+
+
+def corrupt_wrong_dict(path):
+    path.write_bytes(pickle.dumps({"images": [1, 2, 3]}, protocol=2))
+
+
+def corrupt_wrong_shape(path):
+    path.write_bytes(pickle.dumps({"data": np.zeros((4, 100), np.uint8), "labels": [0] * 4}, protocol=2))
+
+
+def corrupt_bad_labels(path):
+    path.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, protocol=2))
+
+
+@pytest.mark.parametrize("corrupt", [corrupt_truncated, corrupt_text, corrupt_empty, corrupt_wrong_dict,
+                                     corrupt_wrong_shape, corrupt_bad_labels])
+@pytest.mark.parametrize("file", ["data_batch_1", "test_batch"])
+def test_corrupt_cifar_file_is_one_line_naming_it(cifar10_files, corrupt, file):
+    root, folder = cifar10_files
+    corrupt(folder / file)
+    dm = CIFAR10DataModule(data_dir=str(root))
+    dm.prepare_data()  # files are present; reading them is setup's job
+    with pytest.raises(ValueError) as exc:
+        dm.setup()
+    one_line_user_error(exc, str(folder / file))
+
+
+class _Payload:
+    def __reduce__(self):  # what a crafted "data file" would do on unpickling
+        import os
+        return (os.system, (f"touch {_Payload.marker}",))
+
+
+def test_crafted_cifar_file_is_refused_without_running_it(cifar10_files):
+    root, folder = cifar10_files
+    _Payload.marker = root / "pwned"
+    (folder / "data_batch_2").write_bytes(pickle.dumps({"data": _Payload(), "labels": []}, protocol=2))
+    with pytest.raises(ValueError) as exc:
+        CIFAR10DataModule(data_dir=str(root)).setup()
+    one_line_user_error(exc, str(folder / "data_batch_2"), "posix.system")
+    assert not _Payload.marker.exists()
+
+
+def test_numpy1_pickled_batch_still_loads(tmp_path):
+    # The original CIFAR archives name numpy.core.multiarray (numpy 1); the allow-list keeps them readable.
+    from pmsm_exp.data import read_batch
+    blob = pickle.dumps({"data": np.full((2, 3072), 7, np.uint8), "labels": [1, 2]}, protocol=2)
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    data, labels = read_batch(path, "labels", 10)
+    assert data.shape == (2, 3072) and (data == 7).all() and labels.tolist() == [1, 2]

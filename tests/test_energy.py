@@ -209,7 +209,7 @@ def test_plot_writers(tmp_path):
     _png_ok(plot_layer_spikes(tmp_path / "a.png", {"PMSM": {"l1": 3, "l2": 1}, "QCFS": {"l1": 5, "l2": 0}}))
     _png_ok(plot_conversion_error(tmp_path / "b.png", {"l1": [0, 0.1, 0.05], "l2": [0, 0, 0]}, [0, 0.05, 0.025]))
     _png_ok(plot_conversion_error(tmp_path / "c.png", {"l1": [0, 0]}))          # all zero: linear axis
-    _png_ok(plot_accuracy_over_time(tmp_path / "d.png", {"PMSM": [90, 91], "QCFS": [50, 70]}, {"QANN": 91}))
+    _png_ok(plot_accuracy_over_time(tmp_path / "d.png", {"PMSM": [0.90, 0.91], "QCFS": [0.50, 0.70]}, {"QANN": 0.91}))
 
 
 def test_analyze_and_compare_write_their_files(tmp_path):
@@ -237,7 +237,7 @@ def test_analyze_and_compare_write_their_files(tmp_path):
         with open(tmp_path / d / "conversion_error.csv") as f:
             rows = list(csv.DictReader(f))
         assert [int(r["t"]) for r in rows] == [1, 2, 3] and set(rows[0]) == {"t", "mean", "2", "6"}
-    assert s1["conversion_error_mean"][0] <= 1e-6 and s1["agreement_with_ann"][0] == 100.0
+    assert s1["conversion_error_mean"][0] <= 1e-6 and s1["agreement_with_ann"][0] == 1.0
     assert s2["conversion_error_mean"][0] > 0
     cmp = compare_runs({"PMSM": s1, "QCFS": s2}, tmp_path / "cmp", baseline="QCFS")
     with open(tmp_path / "cmp" / "energy_comparison.csv") as f:

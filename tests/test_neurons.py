@@ -60,10 +60,49 @@ def test_reset_between_batches():
 
 def test_if_neuron_one_positive_spike_of_threshold():
     n = if_neuron(torch.tensor(2.0))
-    out = n.steps = 3
-    out = n(torch.tensor([5.0, -5.0, 1.2]).repeat(3))
-    assert set(out.tolist()) <= {0.0, 2.0}
-    assert out.reshape(3, 3)[:, 1].eq(0).all()
+    n.steps = 3
+    out = n(torch.tensor([5.0, -5.0, 1.2]).repeat(3)).reshape(3, 3)
+    # membrane in units of λ: starts at 1/2; 5/2 per step saturates at one spike of λ = 2 each step,
+    # -5 never fires, 0.6 per step fires at t = 1 (1.1) and t = 3 (0.1 + 0.6 + 0.6)
+    assert out.tolist() == [[2.0, 0.0, 2.0], [2.0, 0.0, 0.0], [2.0, 0.0, 2.0]]
+
+
+def reference_aif(currents, theta, lo, hi, init=0.5):
+    """Eq. 3-6 as a plain loop: m = v + z/θ, s = clamp(floor(m)), v = m - s (units of θ)."""
+    v = None
+    spikes = []
+    for z in currents:
+        m = z / theta + init if v is None else v + z / theta
+        s = torch.clamp(torch.floor(m), lo, hi)
+        v = m - s
+        spikes.append(s)
+    return torch.stack(spikes), v
+
+
+@pytest.mark.parametrize("split", [(7,), (1, 6), (1, 3, 3), (1, 1, 1, 1, 1, 1, 1)])
+def test_aif_equals_plain_loop_over_calls(split):
+    g = torch.Generator().manual_seed(0)
+    theta = torch.tensor(0.3)
+    currents = torch.randn(7, 16, 3, 5, generator=g) * 2
+    spikes_ref, v_ref = reference_aif(currents, theta, -2, 8)
+    n = aif_neuron(theta, min_level=-2, max_level=8)
+    outs, start = [], 0
+    for steps in split:                       # state carries over from call to call
+        outs.append(run(n, currents[start:start + steps]))
+        start += steps
+    spikes = torch.cat(outs)
+    assert torch.equal(spikes, spikes_ref)
+    assert torch.equal(n.membrane, v_ref)
+    assert torch.equal(n.spike_counts, spikes_ref.abs().sum(dim=(1, 2, 3), dtype=torch.float64))
+    assert torch.equal(n.spike_events, (spikes_ref != 0).sum(dim=(1, 2, 3)))
+    assert n.steps_done == 7 and spikes.abs().max() == 8 and spikes.min() == -2
+
+
+def test_recording_off_keeps_the_clock():
+    n = aif_neuron(torch.tensor(1.0), min_level=-2, max_level=3)
+    n.record = False
+    s = run(n, torch.full((3, 2), 0.7))
+    assert s.sum() == 4 and n.steps_done == 3 and len(n.spike_counts) == 0
 
 
 def test_invalid_bounds():

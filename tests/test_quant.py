@@ -8,7 +8,10 @@ def test_levels_and_values_round_half_up():
     q = PQA(levels=4, alpha=-0.5, beta=1.0, threshold=4.0)  # θ = 1, levels -2..4
     z = torch.tensor([-9.0, -1.5, -0.5, 0.49, 0.5, 1.5, 2.5, 3.6, 9.0])
     assert q.quantized_levels(z).tolist() == [-2, -1, 0, 0, 1, 2, 3, 4, 4]
-    assert torch.equal(q(z), q.quantized_levels(z) * 1.0)
+    # θ = 0.5: the values are the levels times θ, written out (ties at half-levels round up)
+    q = PQA(levels=4, alpha=-0.5, beta=1.0, threshold=2.0)
+    z = torch.tensor([-9.0, -0.75, -0.25, 0.24, 0.25, 0.75, 1.25, 1.8, 9.0])
+    assert q(z).tolist() == [-1.0, -0.5, 0.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
 
 
 def test_qcfs_is_alpha_zero():
@@ -54,3 +57,93 @@ def test_activation_factory():
     assert a is not b and a.threshold is not b.threshold
     with pytest.raises(ValueError, match="'gelu'.*valid"):
         make_activation("gelu")
+
+
+# ---------------------------------------------------------------- fused kernels (fused.py)
+def formula(z, lam, levels, lo, hi, g):
+    """The quantizer and its gradients written out with plain tensor ops (the reference):
+    out = clamp(floor(z/θ + 1/2), lo, hi)·θ, θ = λ/L; dz = g where the clamp is inactive;
+    dλ = Σ g·(k_clamped - [inside]·z/θ) / L."""
+    theta = lam / levels
+    q = z / theta
+    k = torch.floor(q + 0.5)
+    kc = torch.clamp(k, lo, hi)
+    inside = (k >= lo) & (k <= hi)
+    grad_z = torch.where(inside, g, torch.zeros_like(g))
+    grad_lam = (g * (kc - torch.where(inside, q, torch.zeros_like(q)))).sum() / levels
+    return kc * theta, grad_z, grad_lam
+
+
+def fused_run(levels, alpha, beta, lam, z, g):
+    q = PQA(levels, alpha, beta, lam)
+    z = z.clone().requires_grad_()
+    out = q(z)
+    out.backward(g)
+    return out.detach(), z.grad, q.threshold.grad
+
+
+def random_inputs(levels, alpha, beta, lam, seed):
+    """Random currents with exact ties at half-levels, values far outside the range, and zeros."""
+    g = torch.Generator().manual_seed(seed)
+    theta = lam / levels
+    half = (torch.randint(round(alpha * levels) - 3, round(beta * levels) + 3, (300,), generator=g) + 0.5) * theta
+    z = torch.cat([torch.randn(2000, generator=g) * 3 * lam, half, torch.zeros(5), torch.tensor([1e6, -1e6])])
+    return z.reshape(-1, 1), torch.randn(z.numel(), generator=g).reshape(-1, 1)
+
+
+FUSED_CASES = [(8, -0.25, 1.0, 2.5), (4, -1.0, 1.0, 3.0), (8, -0.5, 0.75, 1.75), (16, 0.0, 1.0, 8.0),
+               (6, -0.5, 0.5, 3.3)]
+
+
+@pytest.mark.parametrize("levels, alpha, beta, lam", FUSED_CASES)
+def test_fused_quantizer_equals_formula_bit_for_bit(levels, alpha, beta, lam):
+    z, g = random_inputs(levels, alpha, beta, lam, seed=levels)
+    lo, hi = round(alpha * levels), round(beta * levels)
+    theta = torch.tensor(lam) / levels
+    if (lam / levels * 2 ** 12).is_integer():   # θ a short binary fraction: the ties are exact
+        ties = z.flatten()[2000:2300]
+        assert torch.equal(ties / theta - 0.5, torch.floor(ties / theta - 0.5))
+    out, grad_z, grad_lam = fused_run(levels, alpha, beta, lam, z, g)
+    ref_out, ref_z, ref_lam = formula(z, torch.tensor(lam), levels, lo, hi, g)
+    assert torch.equal(out, ref_out) and torch.equal(grad_z, ref_z) and torch.equal(grad_lam, ref_lam)
+    assert (grad_z == 0).any() and (grad_z != 0).any() and grad_lam != 0
+    with torch.no_grad():   # the inference path (no autograd) does the same arithmetic
+        assert torch.equal(PQA(levels, alpha, beta, lam)(z), ref_out)
+
+
+def test_threshold_gradient_is_the_derivative():
+    # the closed-form dλ against float64 autograd through θ = λ/L (STE: floor's derivative taken
+    # as 1 where the clamp is inactive)
+    levels, alpha, beta, lam = 8, -0.25, 1.0, 2.5
+    z, g = random_inputs(levels, alpha, beta, lam, seed=1)
+    lam64 = torch.tensor(lam, dtype=torch.float64, requires_grad=True)
+    theta = lam64 / levels
+    y = z.double() / theta + 0.5
+    k = torch.floor(y).detach()
+    inside = (k >= round(alpha * levels)) & (k <= round(beta * levels))
+    out = (torch.clamp(k, round(alpha * levels), round(beta * levels)) + inside * (y - y.detach())) * theta
+    out.backward(g.double())
+    _, _, grad_lam = fused_run(levels, alpha, beta, lam, z, g)
+    assert grad_lam.item() == pytest.approx(lam64.grad.item(), rel=1e-4)
+
+
+@pytest.mark.slow   # torch.compile: tens of seconds of compilation on a CPU
+@pytest.mark.parametrize("levels, alpha, beta, lam", FUSED_CASES[:3])
+def test_compiled_quantizer_equals_formula_bit_for_bit(levels, alpha, beta, lam):
+    from pmsm_exp import fused
+    z, g = random_inputs(levels, alpha, beta, lam, seed=levels)
+    lo, hi = round(alpha * levels), round(beta * levels)
+    fused.set_backend("compile")
+    try:
+        out, grad_z, grad_lam = fused_run(levels, alpha, beta, lam, z, g)
+    finally:
+        fused.set_backend("eager")
+    ref_out, ref_z, ref_lam = formula(z, torch.tensor(lam), levels, lo, hi, g)
+    assert torch.equal(out, ref_out) and torch.equal(grad_z, ref_z) and torch.equal(grad_lam, ref_lam)
+
+
+def test_kernel_backend_refused_with_one_line():
+    from pmsm_exp import fused
+    from pmsm_exp.errors import UserError
+    with pytest.raises(UserError, match=r"^snn.kernels: got 'triton'; allowed: eager, compile$"):
+        fused.set_backend("triton")

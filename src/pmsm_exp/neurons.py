@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pmsm_exp import fused
+
 
 class MultiStepModule(nn.Module):
     """Base for modules that keep state over timesteps (neurons, spiking attention)."""
@@ -39,48 +41,90 @@ class SpikingNeuron(MultiStepModule):
         u(t) = u(t-1) + z(t)/θ,  s(t) = clamp(floor(u(t)), -max_neg, max_pos),
         u(t) <- u(t) - s(t),     output o(t) = s(t)·θ
     (membrane potential v = u·θ). Each step's |s| summed over the batch is
-    recorded as the spike count; non-zero outputs as spike events.
+    recorded as the spike count; non-zero outputs as spike events (one
+    reduction per call, see `_count`).
     """
 
     def __init__(self, theta: torch.Tensor | float, max_pos: int, max_neg: int = 0, init_membrane: float = 0.5,
-                 total_bounds: tuple[int, int] | None = None):
+                 total_bounds: tuple[int, int] | None = None, levels: int = 1):
         super().__init__()
         if max_pos < 0 or max_neg < 0 or max_pos + max_neg == 0:
             raise ValueError(f"spike bounds must be >= 0 and not both 0, got max_pos={max_pos}, max_neg={max_neg}")
         # ST-BIF+ (SpikeZIP-TF): the running sum of spikes (the "spike tracer") stays in these bounds
         self.total_bounds = total_bounds
         theta = theta.detach().clone() if torch.is_tensor(theta) else torch.tensor(float(theta))
-        self.register_buffer("theta", theta)
+        # θ = threshold / levels, divided at forward time in the current dtype exactly as PQA's
+        # λ/L is: a cast of both models after conversion (64-true, bf16-true) keeps t=1 exact
+        self.register_buffer("threshold", theta)
+        self.levels = int(levels)
         self.max_pos = int(max_pos)
         self.max_neg = int(max_neg)
         self.init_membrane = float(init_membrane)
         self.reset_state()
 
+    @property
+    def theta(self) -> torch.Tensor:
+        return self.threshold / self.levels if self.levels != 1 else self.threshold
+
     def reset_state(self) -> None:
         self.membrane: torch.Tensor | None = None
         self.tracer: torch.Tensor | None = None
-        self.spike_counts: list[torch.Tensor] = []   # per step: sum of |s| over batch
-        self.spike_events: list[torch.Tensor] = []   # per step: number of non-zero outputs
+        self._counts: list[torch.Tensor] = []    # per call: [steps] sums of |s| over the batch
+        self._events: list[torch.Tensor] = []    # per call: [steps] non-zero outputs over the batch
+        self.steps_done = 0
         self.batch_size = 0
         self.neurons_per_sample = 0
+
+    # `record = False` skips the spike bookkeeping (e.g. a throughput benchmark); the counts
+    # are then empty and `steps_done` still advances
+    record = True
+
+    @property
+    def spike_counts(self) -> torch.Tensor:
+        """[steps so far]: Σ|s| over the batch at each step (float64, exact integers)."""
+        return torch.cat(self._counts) if self._counts else torch.zeros(0, dtype=torch.float64)
+
+    @property
+    def spike_events(self) -> torch.Tensor:
+        """[steps so far]: number of non-zero outputs over the batch at each step."""
+        return torch.cat(self._events) if self._events else torch.zeros(0, dtype=torch.int64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         currents = self.split_time(x)
         if self.membrane is None:
-            self.membrane = torch.full_like(currents[0], self.init_membrane)
             self.batch_size = currents.shape[1]
             self.neurons_per_sample = currents[0, 0].numel()
+        theta = self.theta
+        if self.total_bounds is None:   # AIF / IF: the fused kernel (fused.py)
+            spikes, self.membrane = fused.aif_steps(currents, self.membrane, theta, -self.max_neg,
+                                                    self.max_pos, self.init_membrane)
+        else:
+            spikes = self._stbif_steps(currents)
+        self.steps_done += currents.shape[0]
+        if self.record:
+            self._count(spikes)
+        return spikes.mul_(theta).reshape(x.shape)
+
+    def _count(self, spikes: torch.Tensor) -> None:
+        """One pass per call (not per step): Σ|s| and the non-zeros, per step and sample in
+        float32 (exact integers while below 2^24), then summed over the batch in float64.
+        min(|s|, 1) counts the non-zeros: several times faster than count_nonzero on CPU."""
+        per_sample = spikes.reshape(*spikes.shape[:2], -1)
+        exact_in_float32 = per_sample.shape[-1] * max(self.max_pos, self.max_neg) < 2 ** 24
+        magnitude = per_sample.abs() if exact_in_float32 or spikes.dtype != torch.float32 else per_sample.double().abs()
+        self._counts.append(magnitude.sum(-1).sum(1, dtype=torch.float64))
+        self._events.append(magnitude.clamp_(max=1).sum(-1).sum(1, dtype=torch.float64).to(torch.int64))
+
+    def _stbif_steps(self, currents: torch.Tensor) -> torch.Tensor:
+        if self.membrane is None:
+            self.membrane = torch.full_like(currents[0], self.init_membrane)
         spikes = []
         for current in currents:
             u = self.membrane + current / self.theta
-            s = torch.clamp(torch.floor(u), -self.max_neg, self.max_pos)
-            if self.total_bounds is not None:
-                s = self._within_total(s)
+            s = self._within_total(torch.clamp(torch.floor(u), -self.max_neg, self.max_pos))
             self.membrane = u - s
             spikes.append(s)
-            self.spike_counts.append(s.abs().sum(dtype=torch.float64))
-            self.spike_events.append((s != 0).sum())
-        return (torch.stack(spikes) * self.theta).reshape(x.shape)
+        return torch.stack(spikes)
 
     def _within_total(self, s: torch.Tensor) -> torch.Tensor:
         tracer = torch.zeros_like(s) if self.tracer is None else self.tracer
@@ -95,9 +139,10 @@ class SpikingNeuron(MultiStepModule):
                 f"init_membrane={self.init_membrane}{bounds}")
 
 
-def aif_neuron(step_size: torch.Tensor, min_level: int, max_level: int) -> SpikingNeuron:
-    """AIF neuron that is lossless for a PQA with θ = λ/L and levels in [αL, βL]."""
-    return SpikingNeuron(step_size, max_pos=max_level, max_neg=-min_level, init_membrane=0.5)
+def aif_neuron(step_size: torch.Tensor, min_level: int, max_level: int, levels: int = 1) -> SpikingNeuron:
+    """AIF neuron that is lossless for a PQA with θ = λ/L and levels in [αL, βL]
+    (θ = step_size / levels: pass λ and L to divide at forward time)."""
+    return SpikingNeuron(step_size, max_pos=max_level, max_neg=-min_level, init_membrane=0.5, levels=levels)
 
 
 def if_neuron(threshold: torch.Tensor) -> SpikingNeuron:
@@ -105,11 +150,12 @@ def if_neuron(threshold: torch.Tensor) -> SpikingNeuron:
     return SpikingNeuron(threshold, max_pos=1, max_neg=0, init_membrane=0.5)
 
 
-def stbif_neuron(step_size: torch.Tensor, min_level: int, max_level: int) -> SpikingNeuron:
+def stbif_neuron(step_size: torch.Tensor, min_level: int, max_level: int, levels: int = 1) -> SpikingNeuron:
     """SpikeZIP-TF's ST-BIF+ neuron: one signed spike of size θ = λ/L per step, its spike
     tracer held in [αL, βL]; it reaches the quantized value after up to max(|αL|, βL) steps."""
     # a negative spike is allowed even for unsigned levels: it takes back an earlier positive one
-    return SpikingNeuron(step_size, max_pos=1, max_neg=1, init_membrane=0.5, total_bounds=(min_level, max_level))
+    return SpikingNeuron(step_size, max_pos=1, max_neg=1, init_membrane=0.5, total_bounds=(min_level, max_level),
+                         levels=levels)
 
 
 def multistep_modules(model: nn.Module) -> dict[str, MultiStepModule]:

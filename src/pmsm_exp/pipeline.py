@@ -2,33 +2,30 @@
 train (QANN) -> convert -> simulate -> metrics.json, W&B and a terminal table."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from pmsm_exp import records, runs
+from pmsm_exp import fused, records, runs, tracking
 from pmsm_exp.analysis.entropy import PAPER_ALPHAS, PAPER_BETAS, choose_alpha_beta
+from pmsm_exp.callbacks import StopOnDivergence
+from pmsm_exp.checkpoints import CheckpointError, read_weights  # noqa: F401  (CheckpointError: cli.py)
+from pmsm_exp.checks import check_convert_config, check_train_config
 from pmsm_exp.conversion import NEURONS, convert_to_snn
+from pmsm_exp import fused
 from pmsm_exp.data import create_datamodule
-from pmsm_exp.errors import UserError
+from pmsm_exp.folding import fold_batchnorm
 from pmsm_exp.lit import EvalModule, QANNModule, shard_test_loader
 from pmsm_exp.models import create_model
 from pmsm_exp.preemption import Resumable
 from pmsm_exp.quant import make_activation
 from pmsm_exp.simulate import check_settings
-
-EVAL_CHECKPOINTS = ("last", "best")
-
-
-class CheckpointError(ValueError):
-    pass
-
 
 # ---------------------------------------------------------------- building
 def plain(node) -> dict:
@@ -83,13 +80,7 @@ def output_dir() -> Path:
 
 
 def build_loggers(cfg) -> list:
-    loggers = []
-    for node in (cfg.get("logger") or {}).values():
-        if str(node.get("_target_", "")).endswith("WandbLogger"):  # a resumed run continues its W&B run
-            loggers.append(instantiate(node, id=runs.wandb_run_id(output_dir()), resume="allow"))
-        else:
-            loggers.append(instantiate(node))
-    return loggers
+    return tracking.build_loggers(cfg)
 
 
 def has_validation(datamodule) -> bool:
@@ -114,9 +105,11 @@ def snn_settings(cfg, model, pqa: dict) -> dict:
     encoding = snn.encoding if snn.encoding != "auto" else getattr(model, "snn_encoding", "static")
     readout = snn.readout if snn.readout != "auto" else ("mean" if encoding == "static" else "sum")
     settings = {"neuron": snn.neuron or pqa["neuron"], "timesteps": snn.timesteps,
-                "encoding": encoding, "readout": readout, "chunk": snn.chunk}
+                "encoding": encoding, "readout": readout, "chunk": snn.get("chunk", "auto"),
+                "fold_bn": bool(snn.get("fold_bn", False)), "kernels": snn.get("kernels", "eager")}
     # checked before training, so a typo cannot cost a finished training run
-    check_settings(settings["timesteps"], encoding, readout)
+    check_settings(settings["timesteps"], encoding, readout, settings["chunk"])
+    fused.set_backend(settings["kernels"])
     if settings["neuron"] not in (*NEURONS, "none"):
         raise ValueError(f"unknown snn.neuron {settings['neuron']!r}; valid: {', '.join(NEURONS)}, none")
     if settings["neuron"] == "if" and pqa["alpha"] != 0:
@@ -129,6 +122,8 @@ def evaluate(cfg, qann, datamodule, pqa: dict, loggers) -> tuple[dict, dict]:
     """QANN accuracy and, unless the model is a float ANN, its SNN at t = 1..T;
     with analysis=full also spikes, SOPs, energy and conversion error per layer."""
     settings = snn_settings(cfg, qann, pqa)
+    if settings["fold_bn"] and settings["neuron"] != "none":   # the folded QANN is then the reference
+        qann, _ = fold_batchnorm(qann, torch.zeros(1, *datamodule.image_shape))
     snn = None if settings["neuron"] == "none" else convert_to_snn(qann, settings["neuron"])
     module = EvalModule(qann, snn, settings["timesteps"], settings["encoding"], settings["readout"], settings["chunk"])
     # each rank evaluates its own share of the test set, no image twice (see lit.shard_test_loader)
@@ -136,6 +131,7 @@ def evaluate(cfg, qann, datamodule, pqa: dict, loggers) -> tuple[dict, dict]:
     shard_test_loader(datamodule)
     trainer.test(module, datamodule=datamodule, verbose=False)
     results = module.results
+    results["qann"]["reference"] = "bn_folded" if settings["fold_bn"] and snn is not None else "as_trained"
     if cfg.analysis.enabled and snn is not None and trainer.is_global_zero:
         module.to(module.eval_device)  # Lightning moved it back to the CPU after testing
         results["analysis"] = run_analysis(cfg, module, datamodule, settings, loggers)
@@ -148,12 +144,8 @@ def run_analysis(cfg, module: EvalModule, datamodule, settings: dict, loggers) -
         raise ValueError(f"analysis=full supports static encoding (the CNNs), got encoding={settings['encoding']!r}")
     out_dir = output_dir() / "analysis"
     loader = getattr(datamodule, "_unsharded_test_dataloader", datamodule.test_dataloader)()  # the whole test set
-    summary = analyze(module.qann, module.snn, loader, settings["timesteps"], out_dir,
-                      label=cfg.pqa.method, max_batches=cfg.analysis.get("max_batches"), device=module.eval_device)
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.log_image("analysis", [str(p) for p in sorted(out_dir.glob("*.png"))])
-    return summary
+    return analyze(module.qann, module.snn, loader, settings["timesteps"], out_dir,
+                   label=cfg.pqa.method, max_batches=cfg.analysis.get("max_batches"), device=module.eval_device)
 
 
 def run_record(cfg, pqa: dict, settings: dict, extra: dict | None = None) -> dict:
@@ -178,33 +170,15 @@ def finish(cfg, record: dict, results: dict, loggers) -> dict:
     if rank_zero_only.rank != 0:  # DDP: the other ranks evaluated their share; rank zero reports
         return metrics
     records.write_metrics(out_dir, metrics, records.FINISHED)
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.experiment.summary.update(flatten({"qann": results["qann"], "snn": results.get("snn", {})}))
-            logger.experiment.config.update({"run": record}, allow_val_change=True)
-    print(summary_table(metrics, out_dir))
-    close_wandb()
+    tracking.finish(loggers, metrics)  # W&B charts, tables, artifacts; closes the run before the table prints
+    table = summary_table(metrics, out_dir)
+    (out_dir / "summary.txt").write_text(table.lstrip("\n") + "\n")
+    print(table)
     return metrics
 
 
 def close_wandb(exit_code: int | None = None) -> None:
-    """One W&B run per job: without this a multirun logs every job into the first run.
-    exit_code=1 marks the W&B run failed (cli.job on an error)."""
-    if "wandb" not in sys.modules:  # never imported: no run to close
-        return
-    import wandb
-    if wandb.run is not None:
-        wandb.finish(exit_code=exit_code)
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    tracking.close(exit_code)
 
 
 def summary_table(metrics: dict, out_dir: Path) -> str:
@@ -222,27 +196,15 @@ def summary_table(metrics: dict, out_dir: Path) -> str:
 
 
 # ---------------------------------------------------------------- the two jobs
-def check_schedule(cfg) -> None:
-    """Training-length and checkpoint-choice settings, refused before any work."""
-    epochs = cfg.epochs
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise UserError(f"epochs: got {epochs!r}; a positive integer")
-    if cfg.eval_checkpoint not in EVAL_CHECKPOINTS:
-        raise UserError(f"eval_checkpoint: got {cfg.eval_checkpoint!r}; one of {', '.join(EVAL_CHECKPOINTS)}")
-    if cfg.eval_checkpoint == "best" and not (cfg.data.get("val_fraction") or 0) > 0:
-        raise UserError("eval_checkpoint: got 'best' with data.val_fraction=0; best is chosen on a held-out "
-                        "validation split: set data.val_fraction > 0 (e.g. 0.1) or eval_checkpoint=last")
-
-
 def load_student(module: QANNModule, ckpt_path: str) -> None:
     """The trained model's weights from a checkpoint, strictly; a distillation teacher is left
     as it is (its keys are never saved: QANNModule.on_save_checkpoint)."""
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
+    state = read_weights(ckpt_path)["state_dict"]
     module.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
 
 
 def train(cfg) -> dict:
-    check_schedule(cfg)
+    check_train_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     pqa = resolve_pqa(cfg.pqa)
     datamodule = build_datamodule(cfg.data)
@@ -255,8 +217,11 @@ def train(cfg) -> dict:
     optim = plain(cfg.optim)
     module = QANNModule(model, datamodule.num_classes, optim, run_config, build_teacher(optim, datamodule.num_classes))
     loggers = build_loggers(cfg)
+    tracking.start(loggers, run_config, model)
     validation = has_validation(datamodule)
-    trainer = build_trainer(cfg, loggers, build_callbacks(cfg, validation),
+    callbacks = [*build_callbacks(cfg, validation), StopOnDivergence()]
+    callbacks = [c for c in callbacks if loggers or not isinstance(c, LearningRateMonitor)]  # logger=none
+    trainer = build_trainer(cfg, loggers, callbacks,
                             **({} if validation else {"limit_val_batches": 0, "num_sanity_val_steps": 0}))
     resume_from = runs.resume_checkpoint(cfg.get("resume"), output_dir())
     if resume_from and rank_zero_only.rank == 0:
@@ -272,25 +237,8 @@ def train(cfg) -> dict:
     return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": ckpt_path}), results, loggers)
 
 
-def load_checkpoint(path: str) -> tuple[dict, dict]:
-    """(the run config stored by train.py, the model's state dict)."""
-    file = Path(path)
-    if not file.is_file():
-        raise CheckpointError(f"checkpoint not found: {file} (give ckpt_path=PATH to a .ckpt written by train.py, "
-                              f"e.g. logs/train/runs/<date>/checkpoints/last.ckpt)")
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for a damaged file
-        raise CheckpointError(f"cannot read checkpoint {file}: {type(err).__name__}: {err}".splitlines()[0]) from None
-    if not isinstance(ckpt, dict) or "pmsm_config" not in ckpt or "state_dict" not in ckpt:
-        raise CheckpointError(f"{file} is not a pmsm-exp checkpoint (no 'pmsm_config'/'state_dict'); "
-                              "convert.py needs a checkpoint written by train.py")
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    return ckpt["pmsm_config"], state
-
-
 def convert(cfg) -> dict:
-    stored, state = load_checkpoint(cfg.ckpt_path)
+    stored, state = check_convert_config(cfg)  # also reads the checkpoint (weights_only)
     L.seed_everything(cfg.seed, workers=True)
     data_overrides = {k: v for k, v in plain(cfg.data).items() if v is not None}
     OmegaConf.set_struct(cfg, False)
@@ -308,5 +256,6 @@ def convert(cfg) -> dict:
         raise CheckpointError(f"checkpoint {cfg.ckpt_path} does not fit model {cfg.model.name}: "
                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     loggers = build_loggers(cfg)
+    tracking.start(loggers, {**plain(cfg), "pqa": pqa}, model, trained=stored, checkpoint=cfg.ckpt_path)
     results, settings = evaluate(cfg, model, datamodule, pqa, loggers)
     return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": str(cfg.ckpt_path)}), results, loggers)

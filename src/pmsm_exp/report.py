@@ -1,155 +1,585 @@
-"""Rebuild paper-style tables from the metrics.json files that runs leave on disk.
+"""Paper-style tables rebuilt from the metrics.json files that runs leave on disk.
 
-    python -m pmsm_exp.report accuracy --logs logs/ [--experiment table1_vgg16_cifar10 ...] [--out results/]
-    python -m pmsm_exp.report ablation --logs logs/ --experiment ablation_alpha --param alpha
-    python -m pmsm_exp.report energy   --logs logs/ --experiment table3_vgg16_cifar10 --timesteps 1 2
+    python -m pmsm_exp.report accuracy --logs logs [--experiment E ...] [--timesteps 1 8] [--out results] [--wandb]
+    python -m pmsm_exp.report ablation --logs logs --experiment ablation_alpha --param alpha --timesteps 1
+    python -m pmsm_exp.report energy   --logs logs --experiment table3_vgg16_cifar10 --timesteps 1 2
+    python -m pmsm_exp.report latest   --logs logs --experiment table3_vgg16_cifar10 --method pmsm
 
-Tables are written as CSV and Markdown and printed. Several runs with the same
-key (e.g. seeds) are averaged and counted in the `runs` column. Accuracies are
-in percent here (metrics.json keeps fractions), as the paper prints them.
+One row per setting and metric. Runs are grouped by experiment, task, model, data,
+method, the resolved quantizer (L, alpha, beta, lambda0) and every other override
+given on the command line, except the seed and keys that cannot change a result
+(NOT_SETTINGS). Seeds are the replicates (for convert runs: the checkpoints),
+reported as mean ± std with their count n; a rerun of the same seed counts once
+(the newest). Beside each number: the paper's figure (paper_results.csv, with the
+table and row it came from) and ours - paper. Every run not counted is listed
+with its reason (failed, diverged, unfinished, unreadable metrics.json, ...).
+
+Units: metrics.json and the written CSV keep fractions; the printed and Markdown
+tables show accuracies in percent (diff in percentage points), spikes in 1e5 per
+image over steps 1..T, power in mW (paper Eq. 11). The output is deterministic
+(sorted rows, fixed formats, paths relative to --logs), so committed results can
+be checked against README text.
+
+metrics.json files without a status were written before statuses existed; they
+were only ever written after a completed run, so they count as finished (the
+printout says how many), unless they lack a finite QANN accuracy or come from
+an epochs=0 run. A NaN in such a file makes it unreadable (strict JSON).
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import json
+import io
+import math
+import statistics
 from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
 from pathlib import Path
-from statistics import mean
+
+from pmsm_exp.records import DIVERGED, FAILED, FINISHED, METRICS_FILE, RUNNING, read_metrics
 
 TABLES = ("accuracy", "ablation", "energy")
+BASELINE = "qcfs"   # Table 3's ratio: baseline power / method power at the same T
+
+# Overrides that are not settings of a row: replicates (seed, the checkpoint a convert
+# run evaluates), values shown in their own columns (experiment, model, data, method,
+# L/alpha/beta/lambda0), and keys that cannot change a result. trainer.devices and the
+# trainer group stay settings: under DDP they change the global batch.
+NOT_SETTINGS = (
+    "seed", "ckpt_path", "resume", "task_name",
+    "experiment", "experiment_name", "model", "model.name", "data", "data.name",
+    "pqa", "pqa.method", "pqa.levels", "pqa.alpha", "pqa.beta", "pqa.threshold",
+    "snn.neuron",            # the method column names a non-default neuron (pmsm+stbif)
+    "snn.timesteps",         # how many steps are simulated; the value at each T is the same
+    "snn.chunk",             # steps per call of the same simulation
+    "data.num_workers", "data.data_dir", "data.download", "data.pin_memory", "data.persistent_workers",
+    "trainer.accelerator", "trainer.strategy", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+)
+NOT_SETTINGS_UNDER = ("paths", "logger", "hydra", "analysis")   # and every key below them
 
 
-def collect(logs: Path, experiments: list[str] | None = None) -> list[dict]:
-    """Every metrics.json under `logs` (optionally only the given experiments)."""
-    if not logs.exists():
-        raise SystemExit(f"error: {logs} does not exist: give the folder runs write to (paths.log_dir, default logs/)")
-    runs = []
-    for path in sorted(logs.rglob("metrics.json")):
-        try:
-            metrics = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            continue  # a job killed while writing; the others still count
-        if experiments and metrics["run"].get("experiment") not in experiments:
-            continue
-        metrics["path"] = str(path.parent)
-        runs.append(metrics)
-    return runs
+ACCURACY = ("ann_acc", "snn_acc")
+FORMATS = {"spikes_e5": "{:.4g}", "power_mw": "{:.4g}", "power_ratio": "{:.3g}"}
+PAPER_TABLES = {"accuracy": ("Table 1", "Table 2"), "ablation": ("Fig. 3(a)", "Fig. 3(b)"), "energy": ("Table 3",)}
+EXPERIMENT_TABLES = {"table1_": ("Table 1",), "table2_": ("Table 2",), "table3_": ("Table 3",),
+                     "ablation_alpha": ("Fig. 3(a)",), "ablation_beta": ("Fig. 3(b)",)}
 
 
-def _pct(x: float | None) -> float | None:
-    return None if x is None else round(100 * x, 2)
+def fail(message: str):
+    """Bad input: one line, exit status 1."""
+    raise SystemExit(f"error: {message}")
 
 
-def _at(snn: dict | None, key: str, t: int) -> float | None:
-    if not snn or t not in snn["timesteps"]:
+# ---------------------------------------------------------------- reading runs
+@dataclass
+class Run:
+    folder: Path
+    rel: str              # folder relative to --logs: stable across machines
+    metrics: dict
+    time: float           # finished_at if recorded, else metrics.json's mtime
+    legacy: bool          # no status field (written before statuses existed)
+
+    @property
+    def record(self) -> dict:
+        return self.metrics["run"]
+
+
+@dataclass
+class LeftOut:
+    rel: str
+    experiment: str
+    reason: str
+
+
+@dataclass
+class Selection:
+    runs: list[Run] = field(default_factory=list)
+    left_out: list[LeftOut] = field(default_factory=list)
+
+    @property
+    def legacy(self) -> int:
+        return sum(r.legacy for r in self.runs)
+
+
+def _hydra_experiment(folder: Path) -> str | None:
+    """experiment_name from the run's .hydra/config.yaml, for runs without a readable metrics.json."""
+    try:
+        import yaml
+        return yaml.safe_load((folder / ".hydra" / "config.yaml").read_text()).get("experiment_name")
+    except Exception:  # missing or damaged: the run is still listed, as of an unknown experiment
         return None
-    return snn[key][snn["timesteps"].index(t)]
 
 
-def _average(rows: list[dict], key_fields: tuple[str, ...]) -> list[dict]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[tuple(r[k] for k in key_fields)].append(r)
-    out = []
-    for key, members in groups.items():
-        row = dict(zip(key_fields, key))
-        for field in members[0]:
-            if field in key_fields:
-                continue
-            values = [m[field] for m in members if m[field] is not None]
-            row[field] = round(mean(values), 4) if values else None
-        row["runs"] = len(members)
-        out.append(row)
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _run_time(path: Path, metrics: dict) -> float:
+    stamp = metrics.get("finished_at") or metrics["run"].get("finished_at")
+    if isinstance(stamp, (int, float)):
+        return float(stamp)
+    if isinstance(stamp, str):
+        try:
+            return datetime.fromisoformat(stamp).timestamp()
+        except ValueError:
+            pass
+    return path.stat().st_mtime
+
+
+def _why_not_counted(metrics: dict) -> str:
+    """'' for a finished run with a result, else why it is left out."""
+    status = metrics.get("status")
+    detail = next((str(metrics[k]).splitlines()[0] for k in ("error", "reason", "message")
+                   if metrics.get(k)), "")
+    if status in (FAILED, DIVERGED):
+        return status + (f": {detail}" if detail else "")
+    if status == RUNNING:
+        return "unfinished (status running)"
+    if status not in (FINISHED, None):
+        return f"unknown status {status!r}"
+    acc = (metrics.get("qann") or {}).get("test_acc")
+    if not _finite(acc):
+        return f"no finite QANN accuracy (qann.test_acc = {acc!r})"
+    if "epochs=0" in (metrics["run"].get("overrides") or []):
+        return "untrained (epochs=0)"
+    return ""
+
+
+def collect(logs: Path, experiments: list[str] | None = None) -> Selection:
+    """Every run folder under `logs` (a metrics.json or a .hydra folder), of the given experiments:
+    the runs that count and the ones left out, with why."""
+    if not logs.is_dir():
+        fail(f"--logs: got {logs}, which is not a folder; give the folder runs write to (paths.log_dir, default logs/)")
+    folders = {p.parent for p in logs.rglob(METRICS_FILE)} | {p.parent.parent for p in logs.rglob(".hydra/config.yaml")}
+    sel = Selection()
+    for folder in sorted(folders):
+        rel = folder.relative_to(logs).as_posix() or "."
+        path = folder / METRICS_FILE
+        if not path.exists():
+            metrics, why = None, "unfinished (no metrics.json: still running, or killed before it wrote one)"
+        else:
+            metrics, why = read_metrics(path)
+            if metrics is not None and not isinstance(metrics["run"], dict):
+                metrics, why = None, "unreadable ('run' is not a record)"
+        experiment = metrics["run"].get("experiment") if metrics else _hydra_experiment(folder)
+        if experiments and experiment is not None and experiment not in experiments:
+            continue
+        if metrics is not None:
+            why = _why_not_counted(metrics)
+        if why:
+            sel.left_out.append(LeftOut(rel, experiment or "?", why))
+        else:
+            sel.runs.append(Run(folder, rel, metrics, _run_time(path, metrics), "status" not in metrics))
+    return sel
+
+
+# ---------------------------------------------------------------- grouping
+def _overrides(record: dict) -> dict[str, str]:
+    """The run's command-line overrides that are settings of its row, as key -> value."""
+    out = {}
+    for o in record.get("overrides") or []:
+        key, _, value = o.lstrip("+").partition("=")
+        if key not in NOT_SETTINGS and not any(key == k or key.startswith(k + ".") for k in NOT_SETTINGS_UNDER):
+            out[key] = value
     return out
 
 
-def accuracy_table(runs: list[dict], timesteps: list[int]) -> list[dict]:
-    """Tables 1/2: per model, data and method the QANN accuracy and the SNN's at each T."""
+def settings(run: Run) -> dict[str, str]:
+    r = run.record
+    pqa = r.get("pqa") or {}
+    fixed = {"task": r.get("task", "train"), "L": pqa.get("levels"), "alpha": pqa.get("alpha"),
+             "beta": pqa.get("beta"), "lambda0": pqa.get("threshold")}
+    return {**{k: _text(v) for k, v in fixed.items()}, **dict(sorted(_overrides(r).items()))}
+
+
+def _text(v) -> str:
+    return "" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def replicate(run: Run) -> str:
+    """What distinguishes replicates of one setting: the seed, or a convert run's checkpoint."""
+    r = run.record
+    if r.get("task") == "convert" and r.get("checkpoint"):
+        return f"checkpoint {r['checkpoint']}"
+    return f"seed {r.get('seed')}"
+
+
+@dataclass
+class Group:
+    experiment: str
+    model: str
+    data: str
+    method: str
+    settings: dict[str, str]
+    runs: list[Run]
+
+    @property
+    def family(self) -> tuple:
+        return (self.experiment, self.model, self.data, self.method)
+
+
+def group_runs(sel: Selection) -> list[Group]:
+    """Runs with equal settings, one group each; a replicate run twice counts once (the newest)."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in sel.runs:
+        r = run.record
+        key = (str(r.get("experiment")), str(r.get("model")), str(r.get("data")), str(r.get("method")),
+               tuple(settings(run).items()))
+        groups[key].append(run)
+    out = []
+    for (experiment, model, data, method, sett), runs in groups.items():
+        newest: dict[str, Run] = {}
+        for run in sorted(runs, key=lambda x: (x.time, x.rel)):
+            rep = replicate(run)
+            if rep in newest:
+                sel.left_out.append(LeftOut(newest[rep].rel, experiment, f"superseded by {run.rel} ({rep}, newer)"))
+            newest[rep] = run
+        out.append(Group(experiment, model, data, method, dict(sett), sorted(newest.values(), key=lambda x: x.rel)))
+    return out
+
+
+def _number_key(v: str):
+    try:
+        return (0, float(v), "")
+    except ValueError:
+        return (1, 0.0, v)
+
+
+QUANTIZER = ("task", "L", "alpha", "beta", "lambda0")
+
+
+def varying(groups: list[Group]) -> dict[int, list[str]]:
+    """Per group, the settings its row must show: the quantizer values that differ within its family
+    (experiment, model, data, method; so a QCFS row does not say alpha=0) and the overrides that
+    differ anywhere in its experiment. Overrides its whole experiment shares go to common_settings."""
+    def differ(gs: list[Group], keys) -> set[str]:
+        return {k for k in keys if len({g.settings.get(k, "(default)") for g in gs}) > 1}
+
+    by_family, by_experiment = defaultdict(list), defaultdict(list)
+    for g in groups:
+        by_family[g.family].append(g)
+        by_experiment[g.experiment].append(g)
+    out = {}
+    for g in groups:
+        keys = differ(by_family[g.family], QUANTIZER)
+        exp = by_experiment[g.experiment]
+        keys |= differ(exp, {k for e in exp for k in e.settings if k not in QUANTIZER})
+        out[id(g)] = [k for k in QUANTIZER if k in keys] + sorted(keys - set(QUANTIZER))
+    return out
+
+
+def common_settings(groups: list[Group]) -> dict[str, list[str]]:
+    """Per experiment, the overrides all its rows share (e.g. epochs=1): the recipe behind them."""
+    by_experiment = defaultdict(list)
+    for g in groups:
+        by_experiment[g.experiment].append(set(g.settings.items()))
+    out = {}
+    for experiment, sets in sorted(by_experiment.items()):
+        shared = sorted(f"{k}={v}" for k, v in set.intersection(*sets) if k not in QUANTIZER)
+        if shared:
+            out[experiment] = shared
+    return out
+
+
+# ---------------------------------------------------------------- the paper's figures
+@dataclass(frozen=True)
+class PaperValue:
+    table: str
+    row: str
+    model: str
+    data: str
+    method: str
+    levels: str
+    alpha: str
+    beta: str
+    param: str
+    T: str
+    metric: str
+    value: float | None      # fraction for accuracies, else as printed
+    unit: str
+    note: str
+
+    @property
+    def source(self) -> str:
+        return f"{self.table}: {self.row}" + ("" if self.value is not None else " (no value in the text)")
+
+
+def paper_results() -> list[PaperValue]:
+    """Tables 1-3 and Fig. 3 of the paper, transcribed once into paper_results.csv (percent as printed)."""
+    text = resources.files("pmsm_exp").joinpath("paper_results.csv").read_text()
+    out = []
+    for row in csv.DictReader(io.StringIO(text)):
+        value = float(row["value"]) if row["value"] else None
+        if value is not None and row["unit"] == "%":
+            value = value / 100
+        out.append(PaperValue(**{**row, "value": value}))
+    return out
+
+
+def _matches(p: PaperValue, g: Group, metric: str, t: int | None) -> bool:
+    if p.metric != metric or p.method != g.method or (p.model and p.model != g.model) or (p.data and p.data != g.data):
+        return False
+    # a figure with no value in the text (Fig. 3) names no T: it stands beside every T
+    if (int(p.T) != t) if p.T else (t is not None and p.value is not None):
+        return False
+    return all(not want or (g.settings.get(k) not in ("", None) and float(g.settings[k]) == float(want))
+               for k, want in (("L", p.levels), ("alpha", p.alpha), ("beta", p.beta)))
+
+
+def paper_tables(kind: str, experiment: str) -> tuple[str, ...]:
+    for prefix, tables in EXPERIMENT_TABLES.items():
+        if experiment.startswith(prefix):
+            return tables
+    return PAPER_TABLES[kind]
+
+
+def paper_value(paper: list[PaperValue], kind: str, g: Group, metric: str, t: int | None) -> PaperValue | None:
+    tables = paper_tables(kind, g.experiment)
+    return next((p for p in paper if p.table in tables and _matches(p, g, metric, t)), None)
+
+
+# ---------------------------------------------------------------- tables
+def run_value(m: dict, metric: str, t: int | None):
+    if metric == "ann_acc":
+        return (m.get("qann") or {}).get("test_acc")
+    snn = m.get("snn") or {}
+    ts = snn.get("timesteps") or []
+    key = {"snn_acc": "test_acc", "spikes_e5": "spikes_per_image", "power_mw": "power_mw"}[metric]
+    if t not in ts or key not in snn:
+        return None
+    v = snn[key][ts.index(t)]
+    return v / 1e5 if metric == "spikes_e5" and _finite(v) else v
+
+
+def metrics_for(kind: str, timesteps: list[int]) -> list[tuple[str, int | None]]:
+    if kind == "energy":
+        return [("ann_acc", None)] + [(m, t) for t in timesteps
+                                      for m in ("snn_acc", "spikes_e5", "power_mw", "power_ratio")]
+    return [("ann_acc", None)] + [("snn_acc", t) for t in timesteps]
+
+
+def _stats(values: list) -> tuple[float | None, float | None, int]:
+    vals = [float(v) for v in values if _finite(v)]   # never a NaN into a mean
+    if not vals:
+        return None, None, 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None), len(vals)
+
+
+def _r(v: float | None) -> float | None:
+    """10 significant digits: stable text in the CSV, far below any noise of a measurement."""
+    return None if v is None else float(f"{v:.10g}")
+
+
+def build_table(kind: str, groups: list[Group], timesteps: list[int], param: str | None = None,
+                paper: list[PaperValue] | None = None) -> list[dict]:
+    """One row per group and metric: ours (mean, std, count over replicates), paper, diff."""
+    paper = paper_results() if paper is None else paper
+    vary = varying(groups)
+
+    def order(g: Group):
+        sett = tuple((k, _number_key(v)) for k, v in g.settings.items())
+        p = _number_key(g.settings.get(param, "")) if param else (0, 0.0, "")
+        if param == "alpha":          # as the paper's Fig. 3(a): from -0.125 down to -1
+            p = (p[0], -p[1], p[2])
+        return (g.experiment, g.data, g.model, p, g.method != BASELINE, g.method, sett)
+
+    groups = sorted(groups, key=order)
+    means = {}
+    for g in groups:
+        for metric, t in metrics_for(kind, timesteps):
+            if metric != "power_ratio":
+                means[id(g), metric, t] = _stats([run_value(r.metrics, metric, t) for r in g.runs])
     rows = []
-    for m in runs:
-        r = m["run"]
-        row = {"model": r["model"], "data": r["data"], "method": r["method"], "ann_acc": _pct(m["qann"]["test_acc"])}
-        for t in timesteps:
-            row[f"acc_T{t}"] = _pct(_at(m.get("snn"), "test_acc", t))
-        rows.append(row)
-    return sorted(_average(rows, ("model", "data", "method")), key=lambda x: (x["data"], x["model"], x["method"]))
+    for g in groups:
+        shown = [k for k in vary[id(g)] if k != param]
+        base = next((b for b in groups if b.method == BASELINE and (b.experiment, b.model, b.data) == g.family[:3]
+                     and {k: v for k, v in b.settings.items() if k not in ("L", "alpha", "beta", "lambda0")}
+                     == {k: v for k, v in g.settings.items() if k not in ("L", "alpha", "beta", "lambda0")}), None)
+        for metric, t in metrics_for(kind, timesteps):
+            if metric == "power_ratio":
+                mine, theirs = means[id(g), "power_mw", t][0], base and means[id(base), "power_mw", t][0]
+                # a ratio of the means, no std of its own
+                mean, std, count = (theirs / mine, None, len(g.runs)) if mine and theirs else (None, None, 0)
+                p = _paper_ratio(paper, kind, g, t)
+                pv, source = (p, f"{paper_tables(kind, g.experiment)[0]}: from the printed powers") if p else (None, "")
+            else:
+                mean, std, count = means[id(g), metric, t]
+                pvalue = paper_value(paper, kind, g, metric, t)
+                pv, source = (pvalue.value, pvalue.source) if pvalue else (None, "")
+            row = {"experiment": g.experiment, "model": g.model, "data": g.data, "method": g.method}
+            if param:
+                row[param] = g.settings.get(param, "")
+            row.update({"settings": " ".join(f"{k}={g.settings.get(k, '(default)')}" for k in shown),
+                        "n": len(g.runs), "seeds": " ".join(replicate(r).split(" ", 1)[1] for r in g.runs),
+                        "metric": metric, "T": t,
+                        "ours": _r(mean), "std": _r(std), "count": count, "paper": _r(pv),
+                        "diff": _r(mean - pv) if mean is not None and pv is not None else None,
+                        "paper_source": source})
+            rows.append(row)
+    return rows
 
 
-def ablation_table(runs: list[dict], param: str, t: int) -> list[dict]:
-    """Fig. 3: accuracy over alpha (or beta), one column pair per model/data."""
-    rows = []
-    for m in runs:
-        r = m["run"]
-        rows.append({param: r["pqa"][param], "model": r["model"], "data": r["data"],
-                     "ann_acc": _pct(m["qann"]["test_acc"]), f"acc_T{t}": _pct(_at(m.get("snn"), "test_acc", t))})
-    rows = _average(rows, (param, "model", "data"))
-    grid: dict[float, dict] = defaultdict(dict)
-    for row in rows:
-        grid[row[param]][f"{row['model']}/{row['data']} ann"] = row["ann_acc"]
-        grid[row[param]][f"{row['model']}/{row['data']} T{t}"] = row[f"acc_T{t}"]
-    columns = sorted({c for g in grid.values() for c in g})
-    return [{param: p, **{c: grid[p].get(c) for c in columns}} for p in sorted(grid, reverse=param == "alpha")]
+def _paper_ratio(paper: list[PaperValue], kind: str, g: Group, t: int) -> float | None:
+    """The paper's Table 3 ratio, from its printed powers (the printed ratios were lost in extraction)."""
+    if g.method == BASELINE:
+        mine = paper_value(paper, kind, g, "power_mw", t)
+        return 1.0 if mine and mine.value else None
+    mine = paper_value(paper, kind, g, "power_mw", t)
+    tables = paper_tables(kind, g.experiment)
+    base = next((p for p in paper if p.table in tables and p.method == BASELINE and p.metric == "power_mw"
+                 and p.model == g.model and p.data == g.data and p.T == str(t)), None)
+    return base.value / mine.value if mine and base and mine.value and base.value else None
 
 
-def energy_table(runs: list[dict], timesteps: list[int], baseline: str = "qcfs") -> list[dict]:
-    """Table 3: spikes (x1e5, |s| per image over steps 1..T), power (Eq. 11) and the ratio to the baseline."""
-    rows = []
-    for m in runs:
-        r, snn = m["run"], m.get("snn")
-        for t in timesteps:
-            spikes = _at(snn, "spikes_per_image", t)
-            events = _at(snn, "spike_events_per_image", t)
-            rows.append({"data": r["data"], "model": r["model"], "method": r["method"], "T": t,
-                         "ann_acc": _pct(m["qann"]["test_acc"]), "snn_acc": _pct(_at(snn, "test_acc", t)),
-                         "spikes_e5": None if spikes is None else spikes / 1e5,
-                         "events_e5": None if events is None else events / 1e5,
-                         "power_mw": _at(snn, "power_mw", t)})
-    rows = _average(rows, ("data", "model", "method", "T"))
-    base = {(r["data"], r["model"], r["T"]): r["power_mw"] for r in rows if r["method"] == baseline}
+# ---------------------------------------------------------------- output
+def _fmt(metric: str, v: float | None, sign: bool = False) -> str:
+    if v is None:
+        return "-"
+    if metric in ACCURACY:
+        return f"{100 * v:+.2f}" if sign else f"{100 * v:.2f}"
+    text = FORMATS[metric].format(v)
+    return f"+{text}" if sign and v >= 0 else text
+
+
+def display(rows: list[dict]) -> list[dict]:
+    """The rows as printed: percent for accuracies, mean ± std, (k/n) when only k runs have the value."""
+    out = []
     for r in rows:
-        b = base.get((r["data"], r["model"], r["T"]))
-        r["power_ratio_vs_" + baseline] = round(b / r["power_mw"], 3) if b and r["power_mw"] else None
-    return sorted(rows, key=lambda x: (x["data"], x["model"], x["T"], x["method"] != baseline))
+        ours = _fmt(r["metric"], r["ours"])
+        if r["std"] is not None:
+            ours += f" ± {_fmt(r['metric'], r['std'])}"
+        if r["ours"] is not None and r["count"] < r["n"]:
+            ours += f" ({r['count']}/{r['n']})"
+        d = {k: r[k] for k in r if k not in ("ours", "std", "count", "paper", "diff", "paper_source", "seeds")}
+        d.update(ours=ours, paper=_fmt(r["metric"], r["paper"]), diff=_fmt(r["metric"], r["diff"], sign=True),
+                 source=r["paper_source"] or "-")
+        out.append(d)
+    if out and not any(d["settings"] for d in out):
+        for d in out:
+            del d["settings"]
+    return out
 
 
-def write(rows: list[dict], out: Path, name: str) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(c for r in rows for c in r))
-    with open(out / f"{name}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(rows)
-    fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+def markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "(no finished runs)"
+    columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    markdown = "\n".join(lines)
-    (out / f"{name}.md").write_text(markdown + "\n")
-    return markdown
+    lines += ["| " + " | ".join("-" if r[c] in ("", None) else str(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
 
 
-def main(argv=None) -> list[dict]:
+def render(kind: str, rows: list[dict], sel: Selection, groups: list[Group]) -> str:
+    """The whole printout (also the .md file): table, units, shared recipe, runs left out."""
+    parts = [markdown(display(rows)), ""]
+    parts.append("ours: mean ± std over n replicates (seeds; for convert runs, checkpoints); (k/n): only k runs "
+                 "have the value. Accuracies in percent, diff = ours - paper in percentage points"
+                 + ("; spikes in 1e5 per image over steps 1..T, power in mW (Eq. 11), power_ratio = "
+                    f"{BASELINE} power / method power at the same T" if kind == "energy" else "") + ".")
+    for experiment, shared in common_settings(groups).items():
+        parts.append(f"every {experiment} row: " + " ".join(shared))
+    if sel.legacy:
+        parts.append(f"{sel.legacy} run(s) without a status field (written before statuses were recorded) "
+                     "counted as finished.")
+    left = sorted(sel.left_out, key=lambda x: x.rel)
+    parts.append(f"\nleft out: {len(left)} run(s)" + (":" if left else ""))
+    parts += [f"- {x.rel} [{x.experiment}]: {x.reason}" for x in left]
+    return "\n".join(parts)
+
+
+def write(kind: str, rows: list[dict], sel: Selection, text: str, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / f"{name}.csv", out / f"{name}.md", out / f"{name}_left_out.csv"]
+    columns = list(dict.fromkeys(c for r in rows for c in r)) or ["experiment", "metric", "ours", "paper", "diff"]
+    with open(files[0], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    files[1].write_text(text + "\n")
+    with open(files[2], "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["run", "experiment", "reason"])
+        w.writerows([x.rel, x.experiment, x.reason] for x in sorted(sel.left_out, key=lambda x: x.rel))
+    return files
+
+
+def log_wandb(kind: str, name: str, rows: list[dict], sel: Selection, out: Path, mode: str, project: str) -> list[dict]:
+    """The table as a wandb.Table in one job_type=report run per experiment (the sweep's W&B group)."""
+    import wandb  # only when asked for: the tables need no W&B
+    dirs = []
+    for experiment in sorted({r["experiment"] for r in rows}):
+        mine = [r for r in rows if r["experiment"] == experiment]
+        run = wandb.init(project=project, group=experiment, job_type="report", name=f"report-{name}-{experiment}",
+                         mode=mode, dir=str(out), config={"report": kind, "name": name, "experiment": experiment},
+                         tags=["report", kind])
+        columns = list(mine[0])
+        run.log({f"report/{name}": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in mine]),
+                 f"report/{name}_left_out": wandb.Table(
+                     columns=["run", "reason"],
+                     data=[[x.rel, x.reason] for x in sorted(sel.left_out, key=lambda x: x.rel)
+                           if x.experiment in (experiment, "?")])})
+        dirs.append({"dir": run.dir, "group": run.group, "job_type": run.job_type, "name": run.name})
+        run.finish()
+    return dirs
+
+
+# ---------------------------------------------------------------- newest run
+def latest(logs: Path, experiment: str, method: str | None = None, task: str | None = None) -> Run:
+    """The newest finished run of an experiment (by finished_at, else metrics.json's mtime)."""
+    runs = [r for r in collect(logs, [experiment]).runs
+            if (method is None or r.record.get("method") == method) and (task is None or r.record.get("task") == task)]
+    if not runs:
+        asked = f"--experiment {experiment}" + (f" --method {method}" if method else "") + (f" --task {task}" if task else "")
+        fail(f"{asked}: no finished run under {logs}")
+    return max(runs, key=lambda r: (r.time, r.rel))
+
+
+# ---------------------------------------------------------------- command line
+def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("table", choices=TABLES)
+    ap.add_argument("table", choices=(*TABLES, "latest"))
     ap.add_argument("--logs", type=Path, default=Path("logs"))
     ap.add_argument("--experiment", nargs="*", default=None, help="only runs of these experiment_name values")
+    ap.add_argument("--method", default=None, help="latest: only runs of this method (pmsm, qcfs, ...)")
+    ap.add_argument("--task", default=None, help="latest: only train or convert runs")
     ap.add_argument("--timesteps", type=int, nargs="*", default=[1, 8])
     ap.add_argument("--param", choices=("alpha", "beta"), default="alpha", help="ablation parameter")
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--name", default=None, help="file name (default: the table kind)")
+    ap.add_argument("--wandb", action="store_true", help="also log the table to W&B (job_type=report)")
+    ap.add_argument("--wandb-mode", choices=("offline", "online"), default="offline")
+    ap.add_argument("--wandb-project", default="pmsm-exp")
     a = ap.parse_args(argv)
-    runs = collect(a.logs, a.experiment)
-    if not runs:
-        raise SystemExit(f"error: no metrics.json under {a.logs}"
-                         + (f" for experiment(s) {', '.join(a.experiment)}" if a.experiment else ""))
-    if a.table == "accuracy":
-        rows = accuracy_table(runs, a.timesteps)
-    elif a.table == "ablation":
-        rows = ablation_table(runs, a.param, a.timesteps[0])
-    else:
-        rows = energy_table(runs, a.timesteps)
-    print(write(rows, a.out, a.name or a.table))
-    print(f"\n{len(runs)} runs; written to {a.out / (a.name or a.table)}.csv and .md")
+    if a.table == "latest" and (not a.experiment or len(a.experiment) != 1):
+        fail(f"--experiment: got {a.experiment}; latest needs exactly one experiment name")
+    if a.table != "latest" and (not a.timesteps or min(a.timesteps) < 1):
+        fail(f"--timesteps: got {a.timesteps}; give one or more steps >= 1")
+    return a
+
+
+def main(argv=None) -> list[dict] | Path:
+    a = parse(argv)
+    if a.table == "latest":
+        run = latest(a.logs, a.experiment[0], a.method, a.task)
+        print(run.folder)
+        return run.folder
+    sel = collect(a.logs, a.experiment)
+    groups = group_runs(sel)
+    rows = build_table(a.table, groups, a.timesteps, a.param if a.table == "ablation" else None)
+    text = render(a.table, rows, sel, groups)
+    print(text)
+    if not rows:
+        fail(f"--logs {a.logs}: no finished runs" + (f" of experiment(s) {' '.join(a.experiment)}" if a.experiment
+                                                      else "") + " (left-out runs listed above)")
+    name = a.name or a.table
+    files = write(a.table, rows, sel, text, a.out, name)
+    print(f"\n{sum(len(g.runs) for g in groups)} runs in {len(groups)} rows; written: "
+          + ", ".join(str(f) for f in files))
+    if a.wandb:
+        log_wandb(a.table, name, rows, sel, a.out, a.wandb_mode, a.wandb_project)
     return rows
 
 

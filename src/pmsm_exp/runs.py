@@ -11,7 +11,6 @@ finished, and which checkpoint it continues from.
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -100,39 +99,3 @@ def resume_checkpoint(resume, out_dir: Path) -> str | None:
         return str(ckpt)
     ckpt = newest_checkpoint(out_dir)
     return str(ckpt) if ckpt else None
-
-
-def wandb_run_id(out_dir: Path | str) -> str:
-    """The W&B run id kept in the run folder, so a resumed run continues the same W&B run.
-    (Placeholder until tracking.run_id(out_dir) lands: it replaces this function.)"""
-    path = Path(out_dir) / "wandb_run_id"
-    if path.is_file():
-        return path.read_text().strip()
-    run_id = uuid.uuid4().hex[:8]  # W&B's own id format: 8 characters of [a-z0-9]
-    path.write_text(run_id)
-    return run_id
-
-
-class CSVLogger(_LightningCSVLogger):
-    """Lightning's CSVLogger, appending to the run's one `csv/metrics.csv` when a run
-    resumes (Lightning's own deletes the file it finds and starts a new version)."""
-
-    def __init__(self, save_dir: str, name: str = "csv", **kwargs):
-        super().__init__(save_dir, name=name, version="", **kwargs)
-
-    @property
-    def experiment(self):
-        if self._experiment is None and rank_zero_only.rank == 0:
-            metrics = Path(self.log_dir) / "metrics.csv"
-            kept = metrics.with_suffix(".csv.resumed")
-            if metrics.is_file():  # keep it away from Lightning's writer, then put it back
-                os.replace(metrics, kept)
-            with warnings.catch_warnings():  # Lightning's "will be deleted" does not apply: the file was moved
-                warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-                writer = super().experiment
-            if kept.is_file():
-                os.replace(kept, metrics)
-                header = metrics.read_text().splitlines()[:1]
-                writer.metrics_keys = header[0].split(",") if header else []
-            return writer
-        return super().experiment

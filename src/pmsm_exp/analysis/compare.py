@@ -22,7 +22,17 @@ def load_summary(run_dir: Path) -> dict:
     if "analysis" not in metrics:
         raise SystemExit(f"error: {run_dir} has no analysis; rerun it with analysis=full "
                          f"(python convert.py ckpt_path={metrics['run'].get('checkpoint', 'PATH')} analysis=full)")
-    return metrics["analysis"]
+    return fractions(metrics["analysis"])
+
+
+def fractions(summary: dict) -> dict:
+    """Summaries written before accuracies became fractions (no accuracy_unit) held percent."""
+    if summary.get("accuracy_unit") == "fraction":
+        return summary
+    keys = ("ann_accuracy", "snn_accuracy", "agreement_with_ann")
+    scaled = {k: ([v / 100 for v in summary[k]] if isinstance(summary[k], list) else summary[k] / 100)
+              for k in keys if k in summary}
+    return {**summary, **scaled, "accuracy_unit": "fraction"}
 
 
 def main(argv=None) -> dict:

@@ -71,14 +71,15 @@ def plot_conversion_error(path, errors: Mapping[str, Sequence[float]], mean: Seq
 
 def plot_accuracy_over_time(path, runs: Mapping[str, Sequence[float]], reference: Mapping[str, float] | None = None,
                             title: str = "Accuracy over time") -> Path:
-    """Accuracy against T per run; `reference` draws horizontal lines (e.g. the QANNs' accuracy)."""
+    """Accuracy against T per run; `reference` draws horizontal lines (e.g. the QANNs' accuracy).
+    Accuracies come as fractions (as in metrics.json) and are drawn in percent."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for label, acc in runs.items():
-        ax.plot(np.arange(1, len(acc) + 1), acc, "o-", ms=3, label=label)
+        ax.plot(np.arange(1, len(acc) + 1), 100 * np.asarray(acc, float), "o-", ms=3, label=label)
     for label, acc in (reference or {}).items():
-        ax.axhline(acc, ls="--", lw=1, color="gray")
-        ax.annotate(label, (1, acc), fontsize=7, color="gray", va="bottom")
+        ax.axhline(100 * acc, ls="--", lw=1, color="gray")
+        ax.annotate(label, (1, 100 * acc), fontsize=7, color="gray", va="bottom")
     ax.set_xlabel("timesteps T")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (%)")

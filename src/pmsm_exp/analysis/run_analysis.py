@@ -10,7 +10,8 @@ records, synaptic-op hooks, conversion-error hooks), writes
     conversion_error.csv    per T: mean over layers and each layer (Fig. 6)
     layer_spikes.png  conversion_error.png  accuracy_over_time.png
 
-and returns the summary (JSON-serialisable) for metrics.json. `compare_runs`
+and returns the summary (JSON-serialisable) for metrics.json. Accuracies and
+agreement are fractions (as everywhere in metrics.json and the CSV files). `compare_runs`
 puts several summaries into Table 3's layout (energy_comparison.csv) and adds
 energy at equal accuracy (energy_equal_accuracy.csv): how many steps QCFS
 needs to reach PMSM's T=1 accuracy, and what those steps cost.
@@ -108,9 +109,11 @@ def analyze(qann: nn.Module, snn: nn.Module, batches: Iterable, timesteps: int, 
     summary = {
         "label": label, "timesteps": timesteps, "images": images,
         "conventions": CONVENTIONS,
-        "ann_accuracy": 100.0 * ann_correct / images,
-        "snn_accuracy": _list(100.0 * snn_correct / images),
-        "agreement_with_ann": _list(100.0 * agree / images),
+        # fractions, as everywhere in metrics.json; printed tables and plots show percent
+        "accuracy_unit": "fraction",
+        "ann_accuracy": ann_correct / images,
+        "snn_accuracy": _list(snn_correct / images),
+        "agreement_with_ann": _list(agree / images),
         "spikes_per_step": _list(stats.spikes_per_step()),
         "spikes_up_to": _list(spikes_up_to),
         "spikes_e5": _list(spikes_up_to / 1e5),

@@ -380,6 +380,3 @@ def vit_s(num_classes: int = 10, activation: Callable[[], nn.Module] = nn.ReLU, 
 def vit_tiny(num_classes: int = 10, activation: Callable[[], nn.Module] = nn.ReLU, **kwargs) -> PQAViT:
     """A small ViT for native 32 px images (CIFAR, CPU runs): patch 4, dim 128, 4 blocks, 4 heads."""
     return _vit(num_classes, activation, VIT_TINY, **kwargs)
-
-
-from pmsm_exp import spiking_vit  # noqa: E402,F401  (registers the SNN converters for the types above)

@@ -1,0 +1,274 @@
+"""Every config value checked before any work: one line naming the key, the value, what is allowed.
+
+`check_train_config(cfg)` and `check_convert_config(cfg)` run first in pipeline.train()/convert(),
+before a logger, a run folder or data is touched. They end by building the model and trying
+its conversion, so a setting that cannot convert (pqa=relu snn.neuron=aif) fails before training,
+not after it. `WritableLogDir` is a Hydra callback: Hydra creates the run folder before the job
+starts, so an unwritable paths.log_dir must be caught before Hydra's own mkdir.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pmsm_exp.errors import UserError
+
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+EVAL_CHECKPOINTS = ("last", "best")
+PQA_KINDS = ("pqa", "relu")
+
+
+def fail(key: str, value, allowed: str) -> None:
+    raise UserError(f"{key}: got {value!r}; {allowed}")
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def positive_int(cfg, key: str, optional: bool = False) -> None:
+    v = OmegaConf.select(cfg, key)
+    if v is None and optional:
+        return
+    if not (_int(v) and v > 0):
+        fail(key, v, "must be a positive integer" + (" or null" if optional else ""))
+
+
+def number(cfg, key: str, lo: float = -math.inf, hi: float = math.inf, lo_open=False, hi_open=False,
+           optional: bool = False) -> None:
+    v = OmegaConf.select(cfg, key)
+    if v is None and optional:
+        return
+    ok = _num(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        if hi == math.inf:
+            rule = f"a finite number {'>' if lo_open else '>='} {lo:g}"
+        else:
+            rule = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        fail(key, v, f"must be {rule}" + (" or null" if optional else ""))
+
+
+def one_of(cfg, key: str, allowed) -> None:
+    v = OmegaConf.select(cfg, key)
+    if v not in allowed:
+        fail(key, v, "must be one of " + ", ".join(str(a) for a in allowed))
+
+
+# ---------------------------------------------------------------- groups
+def check_seed(cfg) -> None:
+    v = cfg.get("seed")
+    if not (_int(v) and 0 <= v < 2 ** 32):
+        fail("seed", v, "must be an integer in [0, 2**32)")
+
+
+def check_pqa(cfg) -> None:
+    from pmsm_exp.conversion import NEURONS
+    one_of(cfg, "pqa.kind", PQA_KINDS)
+    positive_int(cfg, "pqa.levels")
+    number(cfg, "pqa.threshold", 0, lo_open=True)
+    one_of(cfg, "pqa.neuron", (*NEURONS, "none"))
+    levels = cfg.pqa.levels
+    for key, rule in (("alpha", "<= 0"), ("beta", "> 0")):
+        v = cfg.pqa[key]
+        if v == "auto":
+            continue
+        if not (_num(v) and (v <= 0 if key == "alpha" else v > 0)):
+            fail(f"pqa.{key}", v, f"must be 'auto' or a number {rule}")
+        if abs(v * levels - round(v * levels)) > 1e-9:
+            fail(f"pqa.{key}", v, f"{key}*pqa.levels must be an integer: a multiple of 1/{levels}={1 / levels:g}")
+
+
+def check_snn(cfg, pqa_neuron: str | None) -> None:
+    from pmsm_exp.conversion import NEURONS
+    from pmsm_exp.simulate import ENCODINGS, READOUTS
+    positive_int(cfg, "snn.timesteps")
+    one_of(cfg, "snn.encoding", ("auto", *ENCODINGS))
+    one_of(cfg, "snn.readout", ("auto", *READOUTS))
+    if OmegaConf.select(cfg, "snn.chunk") != "auto":
+        positive_int(cfg, "snn.chunk", optional=True)   # 0 used to mean "all steps" silently
+    if cfg.snn.neuron is not None:
+        one_of(cfg, "snn.neuron", (*NEURONS, "none"))
+
+
+def check_optim(cfg) -> None:
+    from pmsm_exp.lit import OPTIMIZERS, SCHEDULERS
+    one_of(cfg, "optim.name", OPTIMIZERS)
+    number(cfg, "optim.lr", 0, lo_open=True)
+    number(cfg, "optim.weight_decay", 0, optional=True)
+    number(cfg, "optim.momentum", 0, 1, optional=True)
+    number(cfg, "optim.warmup_epochs", 0, optional=True)
+    number(cfg, "optim.label_smoothing", 0, 1, hi_open=True, optional=True)
+    if OmegaConf.select(cfg, "optim.scheduler") is not None:
+        one_of(cfg, "optim.scheduler", SCHEDULERS)
+
+
+def check_data(cfg, keys=None) -> None:
+    """The data values that are plain numbers; files are checked by the data modules themselves."""
+    data = cfg.data
+    for key in ("batch_size", "train_size", "test_size", "num_classes", "image_size"):
+        if key in data and (keys is None or key in keys):
+            positive_int(cfg, f"data.{key}", optional=key not in ("batch_size", "train_size", "test_size"))
+    for key in ("train_subset", "test_subset"):
+        if key in data:
+            positive_int(cfg, f"data.{key}", optional=True)
+    if "num_workers" in data and data.num_workers is not None:
+        v = data.num_workers
+        if not (_int(v) and v >= 0):
+            fail("data.num_workers", v, "must be an integer >= 0")
+    if data.get("val_fraction") is not None:
+        number(cfg, "data.val_fraction", 0, 1, hi_open=True)
+
+
+def check_trainer(cfg) -> None:
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        fail("trainer.accelerator", accelerator, "no CUDA GPU is visible on this machine; use trainer=cpu "
+             "(or accelerator=auto)")
+
+
+def num_classes(data: dict) -> int | None:
+    return data.get("num_classes") or NUM_CLASSES.get(data.get("name"))
+
+
+def try_conversion(model_cfg: dict, pqa: dict, neuron: str, classes: int, state: dict | None = None) -> None:
+    """Build the model (no starting weights fetched) and convert it, as evaluation will."""
+    from pmsm_exp.conversion import convert_to_snn
+    from pmsm_exp.pipeline import build_model
+    model_cfg = {k: v for k, v in model_cfg.items() if k not in ("pretrained", "checkpoint")}
+    try:
+        model = build_model(model_cfg, pqa, classes)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"model: cannot build {model_cfg.get('name')!r} with these settings: "
+                        f"{str(err).splitlines()[0]}") from None
+    if state is not None:  # the learned thresholds decide convertibility (lambda > 0)
+        model.load_state_dict({k: v for k, v in state.items() if k.endswith(".threshold")}, strict=False)
+    if neuron == "none":
+        return
+    try:
+        convert_to_snn(model, neuron)
+    except ValueError as err:
+        raise UserError(f"snn.neuron: got {neuron!r}; cannot convert model={model_cfg.get('name')} with "
+                        f"pqa kind={pqa.get('kind')!r}, alpha={pqa.get('alpha')}: {str(err).splitlines()[0]}") from None
+
+
+def _neuron(cfg, pqa: dict) -> str:
+    neuron = cfg.snn.neuron or pqa.get("neuron") or "none"
+    if neuron == "if" and pqa.get("alpha", 0) != 0:
+        fail("snn.neuron", neuron, f"the QCFS IF neuron needs pqa.alpha=0 (got alpha={pqa['alpha']}); use pqa=qcfs "
+             "or snn.neuron=aif")
+    return neuron
+
+
+def check_schedule(cfg) -> None:
+    """Training length and the checkpoint to evaluate: never one chosen on the test set."""
+    positive_int(cfg, "epochs")
+    one_of(cfg, "eval_checkpoint", EVAL_CHECKPOINTS)
+    if cfg.eval_checkpoint == "best" and not (cfg.data.get("val_fraction") or 0) > 0:
+        fail("eval_checkpoint", "best", "best is chosen on a validation split, and data.val_fraction=0 holds none "
+             "out (never choose on the test set): use eval_checkpoint=last or data.val_fraction>0")
+
+
+# ---------------------------------------------------------------- the two jobs
+def check_train_config(cfg: DictConfig) -> None:
+    from pmsm_exp.pipeline import plain, resolve_pqa
+    check_seed(cfg)
+    check_schedule(cfg)
+    check_optim(cfg)
+    check_data(cfg)
+    check_pqa(cfg)
+    check_snn(cfg, cfg.pqa.neuron)
+    check_trainer(cfg)
+    classes = num_classes(plain(cfg.data))
+    if classes is None:
+        fail("data.num_classes", None, f"data.name={cfg.data.name!r} needs data.num_classes (a positive integer)")
+    try:
+        pqa = resolve_pqa(cfg.pqa)
+    except ValueError as err:
+        raise UserError(f"pqa: {str(err).splitlines()[0]}") from None
+    try_conversion(plain(cfg.model), pqa, _neuron(cfg, pqa), classes)
+
+
+CONVERT_DATA_KEYS = ("data_dir", "batch_size", "num_workers", "test_subset")
+
+
+def check_convert_config(cfg: DictConfig) -> tuple[dict, dict]:
+    """Checks convert.py's own values and the checkpoint; returns (stored run config, model state)."""
+    from pmsm_exp.checkpoints import load_checkpoint
+    from pmsm_exp.pipeline import plain
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise UserError("ckpt_path: missing; give ckpt_path=PATH to a .ckpt written by train.py, "
+                        "e.g. logs/train/runs/<date>/checkpoints/last.ckpt")
+    check_seed(cfg)
+    check_snn(cfg, None)
+    check_trainer(cfg)
+    data = {k: v for k, v in plain(cfg.data).items() if v is not None}
+    for key in ("batch_size", "test_subset"):
+        if key in data:
+            positive_int(cfg, f"data.{key}")
+    if "num_workers" in data and not (_int(data["num_workers"]) and data["num_workers"] >= 0):
+        fail("data.num_workers", data["num_workers"], "must be an integer >= 0")
+    stored, state = load_checkpoint(cfg.ckpt_path)
+    trained_on = stored.get("data", {})
+    if "name" in data and data["name"] != trained_on.get("name"):
+        fail("data.name", data["name"], f"the checkpoint {cfg.ckpt_path} was trained on "
+             f"{trained_on.get('name')!r}; convert.py evaluates on that data set (leave data.name unset)")
+    unknown = sorted(set(data) - set(trained_on) - set(CONVERT_DATA_KEYS))
+    if unknown:
+        fail(f"data.{unknown[0]}", data[unknown[0]], f"not a setting of the checkpoint's data config "
+             f"({trained_on.get('name')}: {', '.join(sorted(trained_on))})")
+    pqa = stored.get("pqa", {})
+    try_conversion(stored.get("model", {}), pqa, _neuron(cfg, pqa), num_classes(trained_on) or 10, state)
+    return stored, state
+
+
+# ---------------------------------------------------------------- paths (before Hydra's mkdir)
+def unwritable(directory: str | Path) -> str | None:
+    """Why `directory` cannot be created or written to, or None. Creates nothing."""
+    path = Path(directory).expanduser().absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover
+    _HydraCallback = object
+
+
+class WritableLogDir(_HydraCallback):
+    """Hydra creates the run folder under paths.log_dir before the job runs, where a job cannot
+    catch the error; this callback refuses an unwritable one first, in one line. Hydra swallows
+    exceptions raised by callbacks, hence the explicit exit (outside any job)."""
+
+    def _check(self, config, key: str) -> None:
+        try:
+            directory = OmegaConf.select(config, key)
+            log_dir = OmegaConf.select(config, "paths.log_dir")
+        except Exception:  # noqa: BLE001 (an unresolvable folder is Hydra's to report)
+            return
+        why = unwritable(directory) if directory else None
+        if why:
+            sys.stderr.write(f"paths.log_dir: got {log_dir!r}; {why}: give a writable folder "
+                             f"(paths.log_dir=PATH)\n")
+            sys.exit(1)
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._check(config, "hydra.sweep.dir")
