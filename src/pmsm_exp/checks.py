@@ -89,11 +89,16 @@ def check_pqa(cfg) -> None:
 
 def check_snn(cfg, pqa_neuron: str | None) -> None:
     from pmsm_exp.conversion import NEURONS
-    from pmsm_exp.simulate import ENCODINGS, READOUTS
+    from pmsm_exp.simulate import ENCODINGS, READOUTS, check_settings
     positive_int(cfg, "snn.timesteps")
     one_of(cfg, "snn.encoding", ("auto", *ENCODINGS))
     one_of(cfg, "snn.readout", ("auto", *READOUTS))
-    positive_int(cfg, "snn.chunk", optional=True)   # 0 used to mean "all steps" silently
+    check_settings(cfg.snn.timesteps, ENCODINGS[0], READOUTS[0], cfg.snn.get("chunk"))  # snn.chunk: perf's rule
+    if "kernels" in cfg.snn:
+        from pmsm_exp.fused import BACKENDS
+        one_of(cfg, "snn.kernels", BACKENDS)
+    if "fold_bn" in cfg.snn and not isinstance(cfg.snn.fold_bn, bool):
+        fail("snn.fold_bn", cfg.snn.fold_bn, "must be true or false")
     if cfg.snn.neuron is not None:
         one_of(cfg, "snn.neuron", (*NEURONS, "none"))
 
