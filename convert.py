@@ -6,11 +6,11 @@ import hydra
 from omegaconf import DictConfig
 
 from pmsm_exp import pipeline
-from pmsm_exp.cli import readable_errors
+from pmsm_exp.cli import job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="convert")
-@readable_errors
+@job
 def main(cfg: DictConfig) -> None:
     pipeline.convert(cfg)
 

@@ -7,11 +7,11 @@ import hydra
 from omegaconf import DictConfig
 
 from pmsm_exp import pipeline
-from pmsm_exp.cli import readable_errors
+from pmsm_exp.cli import job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@readable_errors
+@job
 def main(cfg: DictConfig) -> float:
     metrics = pipeline.train(cfg)
     return metrics["qann"]["test_acc"]

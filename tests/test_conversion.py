@@ -76,12 +76,13 @@ def step_by_step_reference(qann: nn.Module, x: torch.Tensor, timesteps: int) -> 
     return outs.cumsum(0) / torch.arange(1, timesteps + 1).reshape(-1, 1, 1)
 
 
-@pytest.mark.parametrize("chunk", [None, 1, 2, 4])
-def test_multistep_matches_step_by_step_reference(chunk):
+def test_multistep_matches_step_by_step_reference():
     qann = random_qann("resnet20", 8, -0.25, 1.0, seed=4)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    result = simulate(convert_to_snn(qann), x, timesteps=5, chunk=chunk)
-    assert torch.equal(result.outputs, step_by_step_reference(qann, x, 5))
+    reference = step_by_step_reference(qann, x, 5)
+    snn = convert_to_snn(qann)
+    for chunk in (None, 1, 2, 4):
+        assert torch.equal(simulate(snn, x, timesteps=5, chunk=chunk).outputs, reference), chunk
 
 
 @pytest.fixture(scope="module", params=["resnet20", "vgg16"])
@@ -239,3 +240,20 @@ def test_stbif_baseline_reaches_quantized_ann_after_enough_steps():
     outputs = simulate(snn, x, 24, encoding="first", readout="sum").outputs
     assert not torch.allclose(outputs[0], logits, atol=1e-3)      # one spike per step: far off at t=1
     assert torch.allclose(outputs[-1], logits, atol=1e-4)         # tracer settles on the quantized level
+
+
+@pytest.mark.slow   # torch.compile: tens of seconds of compilation on a CPU
+def test_compiled_kernels_give_the_same_simulation():
+    from pmsm_exp import fused
+    qann = random_qann("resnet20", 8, -0.25, 1.0, seed=9)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    reference = step_by_step_reference(qann, x, 4)
+    snn = convert_to_snn(qann)
+    fused.set_backend("compile")
+    try:
+        with torch.no_grad():
+            logits = qann(x)
+        outputs = simulate(snn, x, timesteps=4, chunk=2).outputs
+    finally:
+        fused.set_backend("eager")
+    assert torch.equal(outputs, reference) and torch.equal(outputs[0], logits)

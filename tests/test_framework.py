@@ -128,7 +128,7 @@ def train_run(tmp_path_factory):
 
 def test_train_writes_metrics_checkpoint_and_wandb(train_run):
     run_dir, metrics, stdout = train_run
-    assert set(metrics) == {"run", "qann", "snn", "analysis"}
+    assert set(metrics) == {"status", "run", "qann", "snn", "analysis"} and metrics["status"] == "finished"
     r = metrics["run"]
     assert (r["model"], r["data"], r["method"], r["seed"]) == ("resnet20", "synthetic", "pmsm", 42)
     assert r["pqa"]["levels"] == 8 and r["pqa"]["alpha"] == -0.25 and r["pqa"]["beta"] == 1.0
@@ -142,7 +142,9 @@ def test_train_writes_metrics_checkpoint_and_wandb(train_run):
     assert snn["test_acc"][0] == metrics["qann"]["test_acc"]      # lossless first step
     assert snn["agreement"][0] == 1.0
     assert len(snn["layer_spikes"]) == 19 and snn["spikes_per_image"][2] > snn["spikes_per_image"][0] > 0
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert not (run_dir / "checkpoints" / "best.ckpt").exists()  # val_fraction=0: nothing to choose best on
+    assert "Traceback" not in (run_dir / "train.log").read_text() and (run_dir / "train.log").stat().st_size > 0
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert "QANN test accuracy" in stdout and str(run_dir.name) in stdout
 

@@ -172,15 +172,20 @@ def _neuron(cfg, pqa: dict) -> str:
     return neuron
 
 
-# ---------------------------------------------------------------- the two jobs
-def check_train_config(cfg: DictConfig) -> None:
-    from pmsm_exp.pipeline import plain, resolve_pqa
-    check_seed(cfg)
+def check_schedule(cfg) -> None:
+    """Training length and the checkpoint to evaluate: never one chosen on the test set."""
     positive_int(cfg, "epochs")
     one_of(cfg, "eval_checkpoint", EVAL_CHECKPOINTS)
     if cfg.eval_checkpoint == "best" and not (cfg.data.get("val_fraction") or 0) > 0:
         fail("eval_checkpoint", "best", "best is chosen on a validation split, and data.val_fraction=0 holds none "
              "out (never choose on the test set): use eval_checkpoint=last or data.val_fraction>0")
+
+
+# ---------------------------------------------------------------- the two jobs
+def check_train_config(cfg: DictConfig) -> None:
+    from pmsm_exp.pipeline import plain, resolve_pqa
+    check_seed(cfg)
+    check_schedule(cfg)
     check_optim(cfg)
     check_data(cfg)
     check_pqa(cfg)

@@ -1,41 +1,106 @@
-"""Entry-point helper: user mistakes end in one readable line, not a traceback."""
+"""The job wrapper around train.py / convert.py: every outcome is recorded on disk.
+
+- finished: the pipeline writes metrics.json itself;
+- a job whose folder already says "finished" (a relaunched sweep) is skipped in one line;
+- failed / diverged: metrics.json with that status and the error's one line, the
+  traceback in the job's log file (train.log / convert.log), the W&B run finished as
+  failed; then the error is raised again, so Hydra fails the job: a single run exits 1,
+  a multirun goes on with the next job and exits non-zero at the end. Known user
+  mistakes become a `UserError`, which Hydra prints as one line;
+- stopped by a signal (preemption): the checkpoint is saved (preemption.Resumable),
+  nothing is recorded, the process exits 128 + signal and the next launch resumes.
+"""
 from __future__ import annotations
 
 import functools
-import os
+import logging
+import traceback
+from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import OmegaConf
+
+from pmsm_exp import records
 from pmsm_exp.data import DatasetNotFoundError
 from pmsm_exp.errors import DivergedError, UserError
-from pmsm_exp.pipeline import CheckpointError
+from pmsm_exp.pipeline import CheckpointError, close_wandb
+from pmsm_exp.preemption import Preempted
+from pmsm_exp.runs import is_finished
 
 USER_ERRORS = (ValueError, FileNotFoundError, DatasetNotFoundError, CheckpointError)
+log = logging.getLogger("pmsm_exp")
 
 
-def record_outcome(cfg, status: str, err: BaseException) -> None:
-    """metrics.json for a run that ended without results (status and the error line)."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
+def route_logging() -> None:
+    """Send the `pmsm_exp` and Lightning loggers to the job's log file (train.log). Hydra
+    configures logging anew for every job (a file handler on the root logger); Lightning's
+    logger does not propagate to the root, so without this train.log stays empty. `pmsm_exp`
+    writes to the file only: a failure's traceback belongs there, not on the terminal, where
+    Hydra prints the error itself."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    log.propagate = False
+    for name in ("pmsm_exp", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(h)  # the previous job's file (basic launcher: same process)
+        if not logger.propagate:  # (a propagating logger reaches the file through the root)
+            for h in files:
+                logger.addHandler(h)
+    log.setLevel(logging.INFO)
 
-    from pmsm_exp.records import write_metrics
-    get = lambda key: OmegaConf.select(cfg, key, default=None)  # noqa: E731
-    run = {"task": get("task_name"), "experiment": get("experiment_name"), "model": get("model.name"),
-           "data": get("data.name"), "method": get("pqa.method"), "seed": get("seed"),
-           "overrides": list(HydraConfig.get().overrides.task)}
-    write_metrics(HydraConfig.get().runtime.output_dir, {"run": run, "error": str(err).splitlines()[0]}, status)
+
+def one_line(err: BaseException) -> str:
+    """A user mistake's own message; anything else with its type in front."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    return first if isinstance(err, USER_ERRORS) else f"{type(err).__name__}: {first}"
 
 
-def readable_errors(fn):
+def failure_record(cfg) -> dict:
+    """Enough of the run's identity for a report to list it as left out."""
+    run = {"overrides": list(HydraConfig.get().overrides.task)}
+    keys = {"task": "task_name", "experiment": "experiment_name", "seed": "seed", "model": "model.name",
+            "data": "data.name", "method": "pqa.method"}  # convert.py: model/pqa come from the checkpoint
+    try:
+        run.update({k: OmegaConf.select(cfg, key, default=None) for k, key in keys.items()})
+    except Exception:  # a config that cannot be resolved: the overrides and the error say enough
+        pass
+    return run
+
+
+def record_failure(cfg, out_dir: Path, err: BaseException, status: str) -> None:
+    if rank_zero_only.rank != 0:
+        return
+    log.error("job %s: %s\n%s", status, one_line(err),
+              "".join(traceback.format_exception(type(err), err, err.__traceback__)))
+    try:
+        records.write_metrics(out_dir, {"run": failure_record(cfg), "error": one_line(err)}, status)
+    except OSError as write_err:  # e.g. a read-only log folder: the error itself matters more
+        log.error("could not write %s: %s", out_dir / records.METRICS_FILE, write_err)
+    close_wandb(exit_code=1)
+
+
+def job(fn):
+    """Wraps a Hydra task function (see module docstring)."""
     @functools.wraps(fn)
-    def wrapper(cfg, *args, **kwargs):
+    def wrapper(cfg):
+        route_logging()
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        if cfg.get("resume") in (None, "auto") and is_finished(out_dir):
+            metrics, _ = records.read_metrics(out_dir / records.METRICS_FILE)
+            print(f"skipped: {out_dir} already finished (delete its metrics.json to run it again)")
+            return (metrics.get("qann") or {}).get("test_acc")
         try:
-            return fn(cfg, *args, **kwargs)
+            return fn(cfg)
         except DivergedError as err:
-            record_outcome(cfg, "diverged", err)
-            raise  # Hydra marks the job failed; a multirun goes on
-        except UserError:
-            raise  # Hydra prints its one line and exits 1
-        except USER_ERRORS as err:
-            if os.environ.get("PMSM_DEBUG"):
-                raise
-            raise UserError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+            record_failure(cfg, out_dir, err, records.DIVERGED)
+            raise
+        except SIGTERMException as err:  # Lightning's SIGTERM stop carries exit status 0: a preemption is not a success
+            raise Preempted(128 + 15) from err
+        except Exception as err:
+            record_failure(cfg, out_dir, err, records.FAILED)
+            if isinstance(err, USER_ERRORS) and not isinstance(err, UserError):
+                raise UserError(one_line(err)) from None
+            raise
     return wrapper

@@ -6,8 +6,10 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Sampler
 from torchmetrics.classification import MulticlassAccuracy
 
 from pmsm_exp.analysis.energy import power_mw
@@ -168,9 +170,11 @@ class EvalModule(L.LightningModule):
         self.qann, self.snn = qann.eval(), snn
         self.timesteps, self.encoding, self.readout, self.chunk = timesteps, encoding, readout, chunk
         self.sums: dict[str, torch.Tensor] = {}
+        self.eval_device = torch.device("cpu")
         self.layer_sums: dict[str, torch.Tensor] = {}
 
     def on_test_start(self):
+        self.eval_device = self.device  # Lightning moves the module back to the CPU after testing
         # TF32 rounds matmul/conv inputs; QANN and SNN would still match each other, but the
         # QANN's logits would differ from a float32 run's, so evaluation runs in full float32
         self._tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -222,7 +226,45 @@ class EvalModule(L.LightningModule):
             "spike_events_per_image": (sums["events"].cumsum(0) / n).tolist(),
             "power_mw": [power_mw(s, t) for s, t in zip(spikes, timesteps)],
             "layer_spikes": layer_spikes,
-        }
-        for t, acc, agree in zip(timesteps, self.results["snn"]["test_acc"], self.results["snn"]["agreement"]):
-            self.log(f"snn/test_acc_t{t}", acc)
-            self.log(f"snn/agreement_t{t}", agree)
+        }  # over T, these go to W&B as one row per timestep (tracking.log_results), not one scalar per t
+
+
+# ---------------------------------------------------------------- DDP evaluation
+class ShardSampler(Sampler):
+    """Rank r of w takes indices r, r + w, r + 2w, ... of the base order: every test image
+    is evaluated exactly once. (Lightning's DistributedSampler pads the set with repeated
+    images to a multiple of w, which counts some twice.) Ranks and world size are read when
+    the loader is iterated, i.e. inside the launched processes."""
+
+    def __init__(self, indices):
+        self.indices = list(indices)
+
+    def _share(self) -> list:
+        if dist.is_available() and dist.is_initialized():
+            return self.indices[dist.get_rank()::dist.get_world_size()]
+        return self.indices
+
+    def __iter__(self):
+        return iter(self._share())
+
+    def __len__(self) -> int:
+        return len(self._share())
+
+
+def shard_test_loader(datamodule) -> None:
+    """Make the datamodule's test loader use ShardSampler (the trainer must be built with
+    use_distributed_sampler=False). The datamodule stays the one Lightning calls, so its
+    batch-transfer hooks still apply."""
+    if getattr(datamodule, "_unsharded_test_dataloader", None) is not None:
+        return
+    base = datamodule.test_dataloader
+
+    def sharded() -> DataLoader:
+        loader = base()
+        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=ShardSampler(loader.sampler),
+                          num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                          drop_last=loader.drop_last, worker_init_fn=loader.worker_init_fn,
+                          persistent_workers=loader.persistent_workers)
+
+    datamodule._unsharded_test_dataloader = base
+    datamodule.test_dataloader = sharded

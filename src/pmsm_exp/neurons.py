@@ -106,14 +106,14 @@ class SpikingNeuron(MultiStepModule):
         return spikes.mul_(theta).reshape(x.shape)
 
     def _count(self, spikes: torch.Tensor) -> None:
-        """One reduction per call (not per step): Σ|s| per step and sample in float32 is exact
-        while it stays below 2^24, then summed over the batch in float64."""
+        """One pass per call (not per step): Σ|s| and the non-zeros, per step and sample in
+        float32 (exact integers while below 2^24), then summed over the batch in float64.
+        min(|s|, 1) counts the non-zeros: several times faster than count_nonzero on CPU."""
         per_sample = spikes.reshape(*spikes.shape[:2], -1)
         exact_in_float32 = per_sample.shape[-1] * max(self.max_pos, self.max_neg) < 2 ** 24
-        dtype = None if exact_in_float32 and spikes.dtype == torch.float32 else torch.float64
-        abs_sum = torch.linalg.vector_norm(per_sample, ord=1, dim=-1, dtype=dtype)
-        self._counts.append(abs_sum.sum(1, dtype=torch.float64))
-        self._events.append(torch.count_nonzero(per_sample, dim=(1, 2)))
+        magnitude = per_sample.abs() if exact_in_float32 or spikes.dtype != torch.float32 else per_sample.double().abs()
+        self._counts.append(magnitude.sum(-1).sum(1, dtype=torch.float64))
+        self._events.append(magnitude.clamp_(max=1).sum(-1).sum(1, dtype=torch.float64).to(torch.int64))
 
     def _stbif_steps(self, currents: torch.Tensor) -> torch.Tensor:
         if self.membrane is None:

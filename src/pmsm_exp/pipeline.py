@@ -2,7 +2,6 @@
 train (QANN) -> convert -> simulate -> metrics.json, W&B and a terminal table."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -10,21 +9,23 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from pmsm_exp import fused, records, runs, tracking
 from pmsm_exp.analysis.entropy import PAPER_ALPHAS, PAPER_BETAS, choose_alpha_beta
 from pmsm_exp.callbacks import StopOnDivergence
-from pmsm_exp.checkpoints import CheckpointError, load_checkpoint  # noqa: F401  (CheckpointError: cli.py)
+from pmsm_exp.checkpoints import CheckpointError, read_weights  # noqa: F401  (CheckpointError: cli.py)
 from pmsm_exp.checks import check_convert_config, check_train_config
 from pmsm_exp.conversion import NEURONS, convert_to_snn
 from pmsm_exp import fused
 from pmsm_exp.data import create_datamodule
 from pmsm_exp.folding import fold_batchnorm
-from pmsm_exp.lit import EvalModule, QANNModule
+from pmsm_exp.lit import EvalModule, QANNModule, shard_test_loader
 from pmsm_exp.models import create_model
+from pmsm_exp.preemption import Resumable
 from pmsm_exp.quant import make_activation
 from pmsm_exp.simulate import check_settings
-
 
 # ---------------------------------------------------------------- building
 def plain(node) -> dict:
@@ -74,8 +75,25 @@ def build_teacher(optim: dict, num_classes: int) -> torch.nn.Module | None:
     return teacher
 
 
+def output_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
 def build_loggers(cfg) -> list:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    return tracking.build_loggers(cfg)
+
+
+def has_validation(datamodule) -> bool:
+    """A held-out split of the training set (data.val_fraction > 0); never the test set."""
+    flag = getattr(datamodule, "has_validation", None)
+    return bool(flag if flag is not None else getattr(datamodule, "val_fraction", 0))
+
+
+def build_callbacks(cfg, validation: bool) -> list:
+    """The configured callbacks, less those that monitor a validation metric when there is
+    no validation split; Resumable makes resumption exact and signal-safe."""
+    nodes = [n for n in (cfg.get("callbacks") or {}).values() if validation or not n.get("monitor")]
+    return [*(instantiate(n) for n in nodes), Resumable(output_dir() / "checkpoints")]
 
 
 def build_trainer(cfg, loggers, callbacks=(), **overrides) -> L.Trainer:
@@ -108,11 +126,14 @@ def evaluate(cfg, qann, datamodule, pqa: dict, loggers) -> tuple[dict, dict]:
         qann, _ = fold_batchnorm(qann, torch.zeros(1, *datamodule.image_shape))
     snn = None if settings["neuron"] == "none" else convert_to_snn(qann, settings["neuron"])
     module = EvalModule(qann, snn, settings["timesteps"], settings["encoding"], settings["readout"], settings["chunk"])
-    trainer = build_trainer(cfg, loggers, max_epochs=1)
+    # each rank evaluates its own share of the test set, no image twice (see lit.shard_test_loader)
+    trainer = build_trainer(cfg, loggers, max_epochs=1, use_distributed_sampler=False)
+    shard_test_loader(datamodule)
     trainer.test(module, datamodule=datamodule, verbose=False)
     results = module.results
     results["qann"]["reference"] = "bn_folded" if settings["fold_bn"] and snn is not None else "as_trained"
-    if cfg.analysis.enabled and snn is not None:
+    if cfg.analysis.enabled and snn is not None and trainer.is_global_zero:
+        module.to(module.eval_device)  # Lightning moved it back to the CPU after testing
         results["analysis"] = run_analysis(cfg, module, datamodule, settings, loggers)
     return results, settings
 
@@ -121,13 +142,10 @@ def run_analysis(cfg, module: EvalModule, datamodule, settings: dict, loggers) -
     from pmsm_exp.analysis.run_analysis import analyze  # matplotlib only when asked for
     if settings["encoding"] != "static":
         raise ValueError(f"analysis=full supports static encoding (the CNNs), got encoding={settings['encoding']!r}")
-    out_dir = Path(HydraConfig.get().runtime.output_dir) / "analysis"
-    summary = analyze(module.qann, module.snn, datamodule.test_dataloader(), settings["timesteps"], out_dir,
-                      label=cfg.pqa.method, max_batches=cfg.analysis.get("max_batches"), device=module.device)
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.log_image("analysis", [str(p) for p in sorted(out_dir.glob("*.png"))])
-    return summary
+    out_dir = output_dir() / "analysis"
+    loader = getattr(datamodule, "_unsharded_test_dataloader", datamodule.test_dataloader)()  # the whole test set
+    return analyze(module.qann, module.snn, loader, settings["timesteps"], out_dir,
+                   label=cfg.pqa.method, max_batches=cfg.analysis.get("max_batches"), device=module.eval_device)
 
 
 def run_record(cfg, pqa: dict, settings: dict, extra: dict | None = None) -> dict:
@@ -147,33 +165,20 @@ def run_record(cfg, pqa: dict, settings: dict, extra: dict | None = None) -> dic
 
 
 def finish(cfg, record: dict, results: dict, loggers) -> dict:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    out_dir = output_dir()
     metrics = {"run": record, **results}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.experiment.summary.update(flatten({"qann": results["qann"], "snn": results.get("snn", {})}))
-            logger.experiment.config.update({"run": record}, allow_val_change=True)
-    print(summary_table(metrics, out_dir))
-    close_wandb()
+    if rank_zero_only.rank != 0:  # DDP: the other ranks evaluated their share; rank zero reports
+        return metrics
+    records.write_metrics(out_dir, metrics, records.FINISHED)
+    tracking.finish(loggers, metrics)  # W&B charts, tables, artifacts; closes the run before the table prints
+    table = summary_table(metrics, out_dir)
+    (out_dir / "summary.txt").write_text(table.lstrip("\n") + "\n")
+    print(table)
     return metrics
 
 
-def close_wandb() -> None:
-    """One W&B run per job: without this a multirun logs every job into the first run."""
-    import wandb
-    if wandb.run is not None:
-        wandb.finish()
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def close_wandb(exit_code: int | None = None) -> None:
+    tracking.close(exit_code)
 
 
 def summary_table(metrics: dict, out_dir: Path) -> str:
@@ -191,6 +196,13 @@ def summary_table(metrics: dict, out_dir: Path) -> str:
 
 
 # ---------------------------------------------------------------- the two jobs
+def load_student(module: QANNModule, ckpt_path: str) -> None:
+    """The trained model's weights from a checkpoint, strictly; a distillation teacher is left
+    as it is (its keys are never saved: QANNModule.on_save_checkpoint)."""
+    state = read_weights(ckpt_path)["state_dict"]
+    module.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+
+
 def train(cfg) -> dict:
     check_train_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -205,17 +217,22 @@ def train(cfg) -> dict:
     optim = plain(cfg.optim)
     module = QANNModule(model, datamodule.num_classes, optim, run_config, build_teacher(optim, datamodule.num_classes))
     loggers = build_loggers(cfg)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    if not loggers:  # nothing to log the learning rate to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    callbacks.append(StopOnDivergence())
-    trainer = build_trainer(cfg, loggers, callbacks)
-    trainer.fit(module, datamodule=datamodule)
-    checkpoint = trainer.checkpoint_callback
-    ckpt_path = checkpoint.last_model_path if checkpoint else ""
-    if cfg.eval_checkpoint == "best" and checkpoint and checkpoint.best_model_path:
-        ckpt_path = checkpoint.best_model_path
-        module.model.load_state_dict(load_checkpoint(ckpt_path)[1])  # the teacher is never saved
+    tracking.start(loggers, run_config, model)
+    validation = has_validation(datamodule)
+    callbacks = [*build_callbacks(cfg, validation), StopOnDivergence()]
+    callbacks = [c for c in callbacks if loggers or not isinstance(c, LearningRateMonitor)]  # logger=none
+    trainer = build_trainer(cfg, loggers, callbacks,
+                            **({} if validation else {"limit_val_batches": 0, "num_sanity_val_steps": 0}))
+    resume_from = runs.resume_checkpoint(cfg.get("resume"), output_dir())
+    if resume_from and rank_zero_only.rank == 0:
+        print(f"resuming from {resume_from}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    last = output_dir() / runs.LAST
+    ckpt_path = str(last) if last.is_file() else ""
+    best = [c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path]
+    if cfg.eval_checkpoint == "best" and best:
+        ckpt_path = best[0]
+        load_student(module, ckpt_path)
     results, settings = evaluate(cfg, module.model, datamodule, pqa, loggers)
     return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": ckpt_path}), results, loggers)
 
@@ -239,5 +256,6 @@ def convert(cfg) -> dict:
         raise CheckpointError(f"checkpoint {cfg.ckpt_path} does not fit model {cfg.model.name}: "
                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     loggers = build_loggers(cfg)
+    tracking.start(loggers, {**plain(cfg), "pqa": pqa}, model, trained=stored, checkpoint=cfg.ckpt_path)
     results, settings = evaluate(cfg, model, datamodule, pqa, loggers)
     return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": str(cfg.ckpt_path)}), results, loggers)
