@@ -87,7 +87,7 @@ def check_pqa(cfg) -> None:
             fail(f"pqa.{key}", v, f"{key}*pqa.levels must be an integer: a multiple of 1/{levels}={1 / levels:g}")
 
 
-def check_snn(cfg, pqa_neuron: str | None) -> None:
+def check_snn(cfg) -> None:
     from pmsm_exp.conversion import NEURONS
     from pmsm_exp.simulate import ENCODINGS, READOUTS, check_settings
     positive_int(cfg, "snn.timesteps")
@@ -189,7 +189,7 @@ def check_train_config(cfg: DictConfig) -> None:
     check_optim(cfg)
     check_data(cfg)
     check_pqa(cfg)
-    check_snn(cfg, cfg.pqa.neuron)
+    check_snn(cfg)
     check_trainer(cfg)
     classes = num_classes(plain(cfg.data))
     if classes is None:
@@ -212,7 +212,7 @@ def check_convert_config(cfg: DictConfig) -> tuple[dict, dict]:
         raise UserError("ckpt_path: missing; give ckpt_path=PATH to a .ckpt written by train.py, "
                         "e.g. logs/train/runs/<date>/checkpoints/last.ckpt")
     check_seed(cfg)
-    check_snn(cfg, None)
+    check_snn(cfg)
     check_trainer(cfg)
     data = {k: v for k, v in plain(cfg.data).items() if v is not None}
     for key in ("batch_size", "test_subset"):
