@@ -87,14 +87,18 @@ def check_pqa(cfg) -> None:
             fail(f"pqa.{key}", v, f"{key}*pqa.levels must be an integer: a multiple of 1/{levels}={1 / levels:g}")
 
 
-def check_snn(cfg, pqa_neuron: str | None) -> None:
+def check_snn(cfg) -> None:
     from pmsm_exp.conversion import NEURONS
-    from pmsm_exp.simulate import ENCODINGS, READOUTS
+    from pmsm_exp.simulate import ENCODINGS, READOUTS, check_settings
     positive_int(cfg, "snn.timesteps")
     one_of(cfg, "snn.encoding", ("auto", *ENCODINGS))
     one_of(cfg, "snn.readout", ("auto", *READOUTS))
-    if OmegaConf.select(cfg, "snn.chunk") != "auto":
-        positive_int(cfg, "snn.chunk", optional=True)   # 0 used to mean "all steps" silently
+    check_settings(cfg.snn.timesteps, ENCODINGS[0], READOUTS[0], cfg.snn.get("chunk"))  # snn.chunk: perf's rule
+    if "kernels" in cfg.snn:
+        from pmsm_exp.fused import BACKENDS
+        one_of(cfg, "snn.kernels", BACKENDS)
+    if "fold_bn" in cfg.snn and not isinstance(cfg.snn.fold_bn, bool):
+        fail("snn.fold_bn", cfg.snn.fold_bn, "must be true or false")
     if cfg.snn.neuron is not None:
         one_of(cfg, "snn.neuron", (*NEURONS, "none"))
 
@@ -185,7 +189,7 @@ def check_train_config(cfg: DictConfig) -> None:
     check_optim(cfg)
     check_data(cfg)
     check_pqa(cfg)
-    check_snn(cfg, cfg.pqa.neuron)
+    check_snn(cfg)
     check_trainer(cfg)
     classes = num_classes(plain(cfg.data))
     if classes is None:
@@ -208,7 +212,7 @@ def check_convert_config(cfg: DictConfig) -> tuple[dict, dict]:
         raise UserError("ckpt_path: missing; give ckpt_path=PATH to a .ckpt written by train.py, "
                         "e.g. logs/train/runs/<date>/checkpoints/last.ckpt")
     check_seed(cfg)
-    check_snn(cfg, None)
+    check_snn(cfg)
     check_trainer(cfg)
     data = {k: v for k, v in plain(cfg.data).items() if v is not None}
     for key in ("batch_size", "test_subset"):
