@@ -198,11 +198,12 @@ def test_bad_input_is_one_line_naming_it(name, script, overrides, fragments, req
     assert "Traceback" not in err and len(lines) == 1, err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
-    # refused before any work: no checkpoint, no logger folders; the run is recorded as failed
+    # refused before any work: no checkpoint, no logger folders; the job is recorded as failed
     run_dirs = list((tmp_path / "logs").rglob("*"))
     assert not [p for p in run_dirs if p.suffix == ".ckpt" or p.name in ("csv", "wandb")]
-    for metrics in (p for p in run_dirs if p.name == "metrics.json"):
-        assert strict_json(metrics)["status"] == "failed"
+    for path in (p for p in run_dirs if p.name == "metrics.json"):
+        recorded = json.loads(path.read_text())
+        assert recorded["status"] == "failed" and recorded["error"] == lines[0].removeprefix("error: ")
 
 
 def test_crafted_checkpoint_never_runs(files, tmp_path, capsys, monkeypatch):

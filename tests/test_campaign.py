@@ -87,7 +87,7 @@ def test_kill_9_then_resume_auto_equals_uninterrupted_run(uninterrupted, tmp_pat
 
 
 @pytest.mark.slow  # subprocess runs: see the module docstring for the timings
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_signal_saves_a_checkpoint_that_resume_auto_finishes(signum, tmp_path):
     run_dir, rc, out = interrupt_after_first_checkpoint(tmp_path, signum)
     assert rc == 128 + signum, out

@@ -205,7 +205,7 @@ def load_student(module: QANNModule, ckpt_path: str) -> None:
 
 def train(cfg) -> dict:
     check_train_config(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     pqa = resolve_pqa(cfg.pqa)
     datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
@@ -239,7 +239,7 @@ def train(cfg) -> dict:
 
 def convert(cfg) -> dict:
     stored, state = check_convert_config(cfg)  # also reads the checkpoint (weights_only)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     data_overrides = {k: v for k, v in plain(cfg.data).items() if v is not None}
     OmegaConf.set_struct(cfg, False)
     # the weights come from the checkpoint: never fetch or load starting weights again
