@@ -12,6 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 from torch import nn
 
 from pmsm_exp import pipeline
@@ -97,6 +98,8 @@ def check_option(group, option, cfg):
 def test_every_option_composes(group, tmp_path):
     for option in group_options(group):
         cfg = compose_train(f"{group}={option}", f"paths.data_dir={tmp_path}")
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path)  # as in a job (checkpoint folders, W&B id file)
         HydraConfig.instance().set_config(cfg)
         cfg.paths.output_dir = str(tmp_path)
         check_option(group, option, cfg)
