@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from omegaconf import open_dict
 from torch import nn
 
 from pmsm_exp import pipeline
@@ -76,22 +76,30 @@ def check_option(group, option, cfg):
         if option == "cpu" or torch.cuda.is_available():
             trainer = pipeline.build_trainer(cfg, [])
             assert trainer.max_epochs == cfg.epochs and trainer.world_size >= 1
-        assert cfg.trainer.accelerator == {"cpu": "cpu"}.get(option, "gpu")
+        assert cfg.trainer.accelerator == ("cpu" if option in ("cpu", "ddp_cpu") else "gpu")
+        if option.startswith("ddp"):
+            assert cfg.trainer.strategy == "ddp"
         if option == "ddp":
-            assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm
-    elif group in ("logger", "callbacks"):
-        built = [instantiate(node) for node in (cfg[group] or {}).values()]
-        assert built or option == "none"
-        base = lightning.pytorch.loggers.Logger if group == "logger" else lightning.Callback
-        assert all(isinstance(b, base) for b in built)
-        if group == "callbacks" and option == "default":
-            assert any(isinstance(b, lightning.pytorch.callbacks.ModelCheckpoint) and b.save_last for b in built)
+            assert cfg.trainer.sync_batchnorm
+    elif group == "logger":
+        built = pipeline.build_loggers(cfg)
+        assert all(isinstance(b, lightning.pytorch.loggers.Logger) for b in built)
+        assert {type(b).__name__.lower().removesuffix("logger") for b in built} == ({option} - {"none"})
+    elif group == "callbacks":
+        built = pipeline.build_callbacks(cfg, validation=True)
+        assert all(isinstance(b, lightning.Callback) for b in built)
+        checkpoints = [b for b in built if isinstance(b, lightning.pytorch.callbacks.ModelCheckpoint)]
+        assert any(c.filename == "last" and not c.monitor for c in checkpoints)  # what convert.py and resume need
+        # without a validation split nothing may be chosen on a metric (it would be the test set's)
+        assert not any(getattr(b, "monitor", None) for b in pipeline.build_callbacks(cfg, validation=False))
 
 
 @pytest.mark.parametrize("group", ["model", "data", "pqa", "snn", "trainer", "logger", "callbacks", "experiment"])
 def test_every_option_composes(group, tmp_path):
     for option in group_options(group):
         cfg = compose_train(f"{group}={option}", f"paths.data_dir={tmp_path}")
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path)  # as in a job (checkpoint folders, W&B id file)
         HydraConfig.instance().set_config(cfg)
         cfg.paths.output_dir = str(tmp_path)
         check_option(group, option, cfg)
