@@ -233,9 +233,10 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"ResNet-20, batch {result['batch']} (simulation) / {result['train_batch']} (training), "
              f"{result['rounds']} interleaved rounds (medians); {m['device']}, {m['threads']} threads, "
-             f"torch {m['torch']}, spikingjelly {m['spikingjelly']}, kernels={result['kernels']}", "",
-             "| measure | pmsm-exp | pmsm-exp, fold_bn | spikingjelly | ratio (ours / sj) | ratio, fold_bn |",
-             "|---|---|---|---|---|---|"]
+             f"torch {m['torch']}, spikingjelly {m['spikingjelly']}, kernels={result['kernels']}", ""]
+    if result["throughput"]["rows"]:
+        lines += ["| measure | pmsm-exp | pmsm-exp, fold_bn | spikingjelly | ratio (ours / sj) | ratio, fold_bn |",
+                  "|---|---|---|---|---|---|"]
     for r in result["throughput"]["rows"]:
         def f(key, fmt="{:.1f}"):
             return fmt.format(r[key]) if key in r else "-"
@@ -254,7 +255,7 @@ def markdown(result: dict) -> str:
         names = {"ours_snn": "pmsm-exp (PQA + AIF)", "sj_Max": "spikingjelly (ReLU, Max)",
                  "sj_99.9%": "spikingjelly (ReLU, 99.9%)"}
         for k, v in acc["snn"].items():
-            lines.append(f"| {names.get(k, k)} | " + " | ".join(f"{100 * v[t]:.2f}%" for t in ACC_TIMESTEPS) + " |")
+            lines.append(f"| {names.get(k, k)} | " + " | ".join(f"{100 * v.get(t, v.get(str(t))):.2f}%" for t in ACC_TIMESTEPS) + " |")
     lines += ["", "spikingjelly's QCFS module (`ann2snn.qcfs.SignedQCFSSequenceEncoder`) encodes a signed "
                   "activation as a spike sequence, not a CNN converter, and its `SpikeZIPTFQANNRecipe` accepts "
                   "model_family 'roberta' or 'vit' (their module trees): neither accepts our ResNet-20/VGG-16, "
