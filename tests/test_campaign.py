@@ -101,7 +101,7 @@ def test_signal_saves_a_checkpoint_that_resume_auto_finishes(signum, tmp_path):
 
 
 def sweep_jobs(log_dir: Path) -> dict[str, Path]:
-    return {p.name.split("optim.lr=")[1].split(",")[0]: p for p in log_dir.glob("train/multiruns/default/*")}
+    return {p.name.split("optim.lr:")[1].split("+")[0]: p for p in log_dir.glob("train/multiruns/default/*")}
 
 
 def test_sweep_goes_on_past_a_failed_job_and_relaunch_skips_finished_ones(tmp_path):

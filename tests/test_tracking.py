@@ -41,8 +41,8 @@ def sweep(tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("MPLBACKEND", "Agg")
     logs = tmp_path_factory.mktemp("logs")
     stdout = hydra_job("train.py", "-m", *TINY, "optim.lr=0.05", "pqa.alpha=-0.25,-0.5", log_dir=logs)
-    sweep_dir = next((logs / "train" / "multiruns").iterdir())
-    jobs = [sweep_dir / "0", sweep_dir / "1"]
+    sweep_dir = logs / "train" / "multiruns" / "default"  # <experiment>/<overrides> per job
+    jobs = sorted((p.parent for p in sweep_dir.glob("*/metrics.json")), key=lambda d: "alpha:-0.5" in d.name)
     ckpt = jobs[0] / "checkpoints" / "last.ckpt"
     convert_stdout = hydra_job("convert.py", f"ckpt_path={ckpt}", "snn.timesteps=2", "analysis=full",
                                "analysis.max_batches=1", log_dir=logs)
@@ -119,7 +119,9 @@ def test_sweep_runs_named_and_grouped(sweep):
     assert a.display_name != b.display_name
     assert "-a-0.25-" in a.display_name and "-a-0.5-" in b.display_name
     assert a.display_name.startswith("resnet20-synthetic-pmsm-") and a.display_name.endswith("-s42")
-    assert a.run_group == b.run_group == f"sweep-{sweep['sweep_dir'].name}"
+    # the keys the sweep overrides (paths.log_dir left out), the same for both jobs
+    assert a.run_group == b.run_group == \
+        "sweep-data,data.image_size,data.test_size,data.train_size,epochs,optim.lr,pqa.alpha,snn.timesteps"
     assert a.job_type == b.job_type == "train"
     assert {"resnet20", "synthetic", "pmsm", "alpha=-0.25"} <= set(a.tags) and "alpha=-0.5" in b.tags
 
@@ -222,11 +224,10 @@ def test_job_rerun_in_its_folder_continues_its_wandb_run(sweep, tmp_path):
     """What a resumed job does: run again in its own folder (here a copy of sweep job 1)."""
     import shutil
     sweep_copy = tmp_path / "sweep-copy"
-    shutil.copytree(sweep["jobs"][1], sweep_copy / "1", ignore=shutil.ignore_patterns("wandb", "checkpoints"))
-    shutil.copy(sweep["sweep_dir"] / "multirun.yaml", sweep_copy)
+    shutil.copytree(sweep["jobs"][1], sweep_copy / "1", ignore=shutil.ignore_patterns("wandb", "checkpoints", "metrics.json"))
     hydra_job("train.py", *TINY, "optim.lr=0.05", "pqa.alpha=-0.5", f"hydra.run.dir={sweep_copy / '1'}",
               log_dir=tmp_path)
     (rerun,) = offline_runs(sweep_copy / "1" / "wandb")
     first = sweep["train"][1].run
     assert rerun.run.run_id == first.run_id and rerun.run.display_name == first.display_name
-    assert rerun.run.run_group == "sweep-sweep-copy"
+    assert rerun.run.run_group == first.run_group and first.run_group.startswith("sweep-")

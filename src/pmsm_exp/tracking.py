@@ -2,7 +2,7 @@
 
 What a W&B run holds (offline by default; `logger=csv` / `logger=none` never import wandb):
 - name from the job's overrides (`resnet20-cifar10-pmsm-a-0.25-s42`), group = experiment_name
-  (or `sweep-<sweep folder>` for a multirun without one), job type train | convert | report,
+  (or `sweep-<overridden keys>` for a multirun without one, e.g. `sweep-data,pqa.alpha`), job type train | convert | report,
   tags for model, data, method and the overridden values;
 - config: the whole resolved config flattened with dots (`optim.lr`, `pqa.alpha`,
   `trainer.precision`...), parameter counts, git commit + dirty flag; a convert run carries the
@@ -14,9 +14,10 @@ What a W&B run holds (offline by default; `logger=csv` / `logger=none` never imp
   file stem: last, best); convert uses `checkpoint-<train id>:<stem>` (online), and always
   records that reference, the file and its md5 in its config (`checkpoint.*`), since W&B
   refuses `use_artifact` offline;
-- the W&B id lives in `<run dir>/wandb_id`, so a resumed job continues the same W&B run.
+- the W&B id and group live in `<run dir>/wandb_id` and `wandb_group`, so a resumed job continues
+  the same W&B run.
 
-`python -m pmsm_exp.tracking sync logs/train/multiruns/<date> logs/convert` uploads offline runs and
+`python -m pmsm_exp.tracking sync logs/train/multiruns/<experiment> logs/convert` uploads offline runs and
 then links each convert run to the checkpoint artifact it used (untested against a server here).
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from pmsm_exp.errors import UserError
 
 ID_FILE = "wandb_id"
+GROUP_FILE = "wandb_group"
 PROJECT = "pmsm-exp"
 STEP = "snn/timestep"
 # per-timestep history keys: metrics.json "snn" lists -> W&B keys
@@ -64,16 +66,23 @@ NOT_IN_NAME_GROUPS = {"trainer", "logger", "callbacks", "paths", "analysis", "hy
 
 
 # ---------------------------------------------------------------- identity
-def run_id(out_dir) -> str:
-    """The W&B id of the run in `out_dir`, created on first use: a resumed job reuses it."""
-    path = Path(out_dir) / ID_FILE
+def _kept(out_dir, name: str, make) -> str:
+    """A value kept in a file of the run folder, made on first use: a resumed job (same folder)
+    gets the same W&B id and group, however it is relaunched."""
+    path = Path(out_dir) / name
     if path.is_file():
         return path.read_text().strip()
-    new = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    new = make()
     if rank_zero_only.rank == 0:  # other DDP ranks log nothing; rank 0 owns the file
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(new + "\n")
     return new
+
+
+def run_id(out_dir) -> str:
+    """The W&B id of the run in `out_dir`, created on first use: a resumed job reuses it."""
+    return _kept(out_dir, ID_FILE, lambda: "".join(secrets.choice(string.ascii_lowercase + string.digits)
+                                                   for _ in range(8)))
 
 
 def _overrides(items) -> list[tuple[str, str]]:
@@ -113,18 +122,25 @@ def _job_overrides(cfg) -> list[str]:
 
 
 def run_group(cfg) -> str:
-    """experiment_name; else the sweep the run folder belongs to (`sweep-<sweep folder>`; a convert run:
-    its training run's), so a job resumed on its own stays in its sweep's group."""
+    """experiment_name; for a multirun without one, `sweep-<the keys it overrides>` (the same for
+    every job of the sweep and for a relaunch of it). Kept in the run folder (a job resumed on its
+    own stays in its sweep's group); a convert run joins its training run's group."""
     if cfg.experiment_name != "default":
         return cfg.experiment_name
-    convert = cfg.task_name == "convert" and cfg.get("ckpt_path")
-    folder = _train_dir(cfg.ckpt_path) if convert else Path(cfg.paths.output_dir)
-    if folder and (folder.parent / "multirun.yaml").is_file():  # Hydra writes it into every sweep folder
-        return f"sweep-{folder.parent.name}"
+    if cfg.task_name == "convert" and cfg.get("ckpt_path"):
+        train_dir = _train_dir(cfg.ckpt_path)
+        kept = train_dir / GROUP_FILE if train_dir else None
+        return kept.read_text().strip() if kept and kept.is_file() else cfg.experiment_name
+    return _kept(cfg.paths.output_dir, GROUP_FILE, lambda: _sweep_group() or cfg.experiment_name)
+
+
+def _sweep_group() -> str | None:
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
-    if hydra is not None and hydra.mode == RunMode.MULTIRUN:
-        return f"sweep-{Path(hydra.sweep.dir).name}"
-    return cfg.experiment_name
+    if hydra is None or hydra.mode != RunMode.MULTIRUN:
+        return None
+    excluded = set(hydra.job.config.override_dirname.exclude_keys)
+    keys = sorted({str(o).split("=", 1)[0].lstrip("+~") for o in hydra.overrides.task} - excluded - {"seed"})
+    return ("sweep-" + ",".join(keys))[:128]  # W&B's limit on group names
 
 
 def _method(cfg) -> str:
