@@ -243,7 +243,8 @@ def strict_json(path: Path) -> dict:
 def test_divergence_stops_with_status_diverged(tmp_path, capsys, monkeypatch):
     code, err = run_inprocess("train", [*TINY, "epochs=2", "optim.lr=1e6"], tmp_path, capsys, monkeypatch)
     assert code == 1
-    assert "diverged" in err and "global step" in err
+    lines = message_lines(err)
+    assert len(lines) == 1 and "Traceback" not in err and "diverged" in lines[0] and "global step" in lines[0], err
     metrics = strict_json(next(tmp_path.rglob("metrics.json")))
     assert metrics["status"] == "diverged" and "global step" in metrics["error"]
     for ckpt in tmp_path.rglob("*.ckpt"):  # whatever is on disk holds finite weights

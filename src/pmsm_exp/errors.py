@@ -13,5 +13,6 @@ class UserError(CompactHydraException, ValueError):
     """Bad input: config value, data file, checkpoint or path."""
 
 
-class DivergedError(RuntimeError):
-    """Training produced a non-finite loss."""
+class DivergedError(CompactHydraException, RuntimeError):
+    """Training produced a non-finite loss: said in one line too (where, at which step); the
+    run is recorded as diverged, not as a crash to debug."""
