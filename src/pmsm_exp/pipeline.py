@@ -226,7 +226,7 @@ def train(cfg) -> dict:
     resume_from = runs.resume_checkpoint(cfg.get("resume"), output_dir())
     if resume_from and rank_zero_only.rank == 0:
         print(f"resuming from {resume_from}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)  # never unpickle code
     last = output_dir() / runs.LAST
     ckpt_path = str(last) if last.is_file() else ""
     best = [c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path]
