@@ -305,10 +305,12 @@ def test_wandb_report_run(table, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     rows, _ = table
     mine = [r for r in rows if r["experiment"] == "table1_vgg16_cifar10"]   # paper column: numbers and None
-    dirs = report.log_wandb("accuracy", "t", mine, report.Selection(), tmp_path, "offline", "pmsm-exp-test")
-    (run,) = dirs
-    assert (run["group"], run["job_type"], run["name"]) == ("table1_vgg16_cifar10", "report",
-                                                             "report-t-table1_vgg16_cifar10")
+    (run_dir,) = report.log_wandb("accuracy", "t", mine, report.Selection(), tmp_path, "offline", "pmsm-exp-test")
+    from wandb_records import offline_runs
+    (run,) = offline_runs(tmp_path)
+    assert (run.run.run_group, run.run.job_type, run.run.display_name) == ("table1_vgg16_cifar10", "report",
+                                                                           "report-t-table1_vgg16_cifar10")
+    run = {"dir": run_dir}
     files = list(Path(run["dir"]).rglob("t_*.table.json"))
     assert files, list(Path(run["dir"]).rglob("*"))
     saved = json.loads(files[0].read_text())

@@ -18,7 +18,6 @@ from pmsm_exp.callbacks import StopOnDivergence
 from pmsm_exp.checkpoints import CheckpointError, read_weights  # noqa: F401  (CheckpointError: cli.py)
 from pmsm_exp.checks import check_convert_config, check_train_config
 from pmsm_exp.conversion import NEURONS, convert_to_snn
-from pmsm_exp import fused
 from pmsm_exp.data import create_datamodule
 from pmsm_exp.folding import fold_batchnorm
 from pmsm_exp.lit import EvalModule, QANNModule, shard_test_loader

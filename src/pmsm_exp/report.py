@@ -506,23 +506,18 @@ def write(kind: str, rows: list[dict], sel: Selection, text: str, out: Path, nam
     return files
 
 
-def log_wandb(kind: str, name: str, rows: list[dict], sel: Selection, out: Path, mode: str, project: str) -> list[dict]:
-    """The table as a wandb.Table in one job_type=report run per experiment (the sweep's W&B group)."""
-    import wandb  # only when asked for: the tables need no W&B
+def log_wandb(kind: str, name: str, rows: list[dict], sel: Selection, out: Path, mode: str, project: str) -> list[str]:
+    """The table (and the runs left out) as W&B Tables in one job_type=report run per experiment,
+    in that experiment's W&B group; returns the runs' folders."""
+    from pmsm_exp.tracking import log_report_table  # only when asked for: the tables need no W&B
     dirs = []
     for experiment in sorted({r["experiment"] for r in rows}):
-        mine = [r for r in rows if r["experiment"] == experiment]
-        run = wandb.init(project=project, group=experiment, job_type="report", name=f"report-{name}-{experiment}",
-                         mode=mode, dir=str(out), config={"report": kind, "name": name, "experiment": experiment},
-                         tags=["report", kind])
-        columns = list(mine[0])
-        run.log({f"report/{name}": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in mine]),
-                 f"report/{name}_left_out": wandb.Table(
-                     columns=["run", "reason"],
-                     data=[[x.rel, x.reason] for x in sorted(sel.left_out, key=lambda x: x.rel)
-                           if x.experiment in (experiment, "?")])})
-        dirs.append({"dir": run.dir, "group": run.group, "job_type": run.job_type, "name": run.name})
-        run.finish()
+        left_out = [{"run": x.rel, "reason": x.reason} for x in sorted(sel.left_out, key=lambda x: x.rel)
+                    if x.experiment in (experiment, "?")]
+        dirs.append(log_report_table(name, [r for r in rows if r["experiment"] == experiment], experiment,
+                                     out_dir=out, project=project, mode=mode,
+                                     config={"report": kind, "name": name, "experiment": experiment},
+                                     more={f"{name}_left_out": left_out}, run_name=f"report-{name}-{experiment}"))
     return dirs
 
 

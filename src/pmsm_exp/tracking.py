@@ -355,19 +355,24 @@ def finish(loggers, metrics: dict) -> None:
 
 # ---------------------------------------------------------------- report runs
 def log_report_table(name: str, rows: list[dict], group: str, *, out_dir=".", project: str = PROJECT,
-                     config: dict | None = None) -> str:
-    """One `job_type=report` run in `group` holding `rows` as W&B Table `report/<name>`, so a dashboard
-    shows the paper's table beside the runs. Offline unless WANDB_MODE=online. Returns the run's folder."""
+                     config: dict | None = None, more: dict[str, list[dict]] | None = None,
+                     run_name: str | None = None, mode: str | None = None) -> str:
+    """One `job_type=report` run in `group` holding `rows` as W&B Table `report/<name>` (and each of
+    `more` as `report/<key>`), so a dashboard shows the paper's table beside the runs. Offline unless
+    `mode` or WANDB_MODE says online. Returns the run's folder."""
     import os
 
     import wandb
 
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    run = wandb.init(project=project, job_type="report", group=group, name=f"report-{name}", dir=str(out_dir),
-                     mode=os.environ.get("WANDB_MODE", "offline"), config=flatten(config or {}),
-                     tags=["report", name], settings=wandb.Settings(quiet=True), reinit="create_new")
+    run = wandb.init(project=project, job_type="report", group=group, name=run_name or f"report-{name}",
+                     dir=str(out_dir), mode=mode or os.environ.get("WANDB_MODE", "offline"),
+                     config=flatten(config or {}), tags=["report", name], settings=wandb.Settings(quiet=True),
+                     reinit="create_new")
     try:
-        run.log({f"report/{name}": _table(columns, [[row.get(c) for c in columns] for row in rows])})
+        tables = {name: rows, **(more or {})}
+        run.log({f"report/{key}": _table(cols, [[row.get(c) for c in cols] for row in table])
+                 for key, table in tables.items()
+                 for cols in [list(dict.fromkeys(k for row in table for k in row))]})
         return str(Path(run.dir).parent)
     finally:
         run.finish()
