@@ -17,7 +17,7 @@ from pmsm_exp.analysis.entropy import PAPER_ALPHAS, PAPER_BETAS, choose_alpha_be
 from pmsm_exp.callbacks import StopOnDivergence
 from pmsm_exp.checkpoints import CheckpointError, read_weights  # noqa: F401  (CheckpointError: cli.py)
 from pmsm_exp.checks import check_convert_config, check_train_config
-from pmsm_exp.conversion import NEURONS, convert_to_snn
+from pmsm_exp.conversion import convert_to_snn
 from pmsm_exp.data import create_datamodule
 from pmsm_exp.folding import fold_batchnorm
 from pmsm_exp.lit import EvalModule, QANNModule, shard_test_loader
@@ -108,11 +108,7 @@ def snn_settings(cfg, model, pqa: dict) -> dict:
                 "fold_bn": bool(snn.get("fold_bn", False)), "kernels": snn.get("kernels", "eager")}
     # checked before training, so a typo cannot cost a finished training run
     check_settings(settings["timesteps"], encoding, readout, settings["chunk"])
-    fused.set_backend(settings["kernels"])
-    if settings["neuron"] not in (*NEURONS, "none"):
-        raise ValueError(f"unknown snn.neuron {settings['neuron']!r}; valid: {', '.join(NEURONS)}, none")
-    if settings["neuron"] == "if" and pqa["alpha"] != 0:
-        raise ValueError(f"snn.neuron=if (QCFS) needs pqa.alpha=0, got alpha={pqa['alpha']}; use pqa=qcfs")
+    fused.set_backend(settings["kernels"])  # neuron choices: checks.py, before any work
     return settings
 
 
