@@ -318,3 +318,23 @@ def test_wandb_report_run(table, tmp_path, monkeypatch):
     assert len(saved["data"]) == len(mine)
     paper = [r[saved["columns"].index("paper")] for r in saved["data"]]
     assert paper == [r["paper"] for r in mine] and None in paper
+
+
+def test_plot_over_time_means_per_row_and_png(mixed, tmp_path, capsys):
+    sel = report.collect(mixed, ["table1_vgg16_cifar10"])
+    curves, qanns = report.over_time(report.group_runs(sel))
+    pmsm = next(v for k, v in curves.items() if k.startswith("pmsm"))
+    qcfs = next(v for k, v in curves.items() if k.startswith("qcfs"))
+    # the two pmsm seeds' accuracies, averaged by hand at each T
+    assert pmsm == pytest.approx({1: (0.95 + 0.93) / 2, 2: (0.951 + 0.935) / 2})
+    assert qcfs == pytest.approx({1: 0.70, 2: 0.85})
+    assert qanns == pytest.approx({"pmsm QANN": 0.94, "qcfs QANN": 0.94})
+    path = report.main(["plot", "--logs", str(mixed), "--experiment", "table1_vgg16_cifar10",
+                        "--out", str(tmp_path), "--name", "over_t"])
+    assert path == tmp_path / "over_t.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_needs_runs_over_several_steps(tmp_path):
+    fake_run(tmp_path / "logs", "train/runs/a", "e", snn_acc=(0.9,), spikes=(1e5,))
+    with pytest.raises(SystemExit, match="more than one timestep"):
+        report.main(["plot", "--logs", str(tmp_path / "logs"), "--out", str(tmp_path)])

@@ -4,6 +4,7 @@
     python -m pmsm_exp.report ablation --logs logs --experiment ablation_alpha --param alpha --timesteps 1
     python -m pmsm_exp.report energy   --logs logs --experiment table3_vgg16_cifar10 --timesteps 1 2
     python -m pmsm_exp.report latest   --logs logs --experiment table3_vgg16_cifar10 --method pmsm
+    python -m pmsm_exp.report plot     --logs logs --experiment table1_resnet20_cifar10 --name table1_over_t
 
 One row per setting and metric. Runs are grouped by experiment, task, model, data,
 method, the resolved quantizer (L, alpha, beta, lambda0) and every other override
@@ -521,6 +522,34 @@ def log_wandb(kind: str, name: str, rows: list[dict], sel: Selection, out: Path,
     return dirs
 
 
+# ---------------------------------------------------------------- accuracy over T
+def over_time(groups: list[Group]) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
+    """Per row simulated over more than one step: its mean SNN accuracy at each T, and its mean QANN
+    accuracy; labelled by method, task and the settings that tell rows apart."""
+    shown = varying(groups)
+    curves, qanns = {}, {}
+    for g in sorted(groups, key=lambda g: (g.experiment, g.method, tuple(g.settings.items()))):
+        steps = sorted({t for r in g.runs for t in (r.metrics.get("snn") or {}).get("timesteps") or []})
+        if len(steps) < 2:
+            continue
+        extra = " ".join(f"{k}={g.settings.get(k, '(default)')}" for k in shown[id(g)] if k != "task")
+        label = f"{g.method} ({g.settings['task']}{', ' + extra if extra else ''})"
+        curve = {t: _stats([run_value(r.metrics, "snn_acc", t) for r in g.runs])[0] for t in steps}
+        curves[label] = {t: v for t, v in curve.items() if v is not None}
+        qann = _stats([run_value(r.metrics, "ann_acc", None) for r in g.runs])[0]
+        if qann is not None:
+            qanns[f"{g.method} QANN"] = qann
+    return curves, qanns
+
+
+def plot(groups: list[Group], out: Path, name: str, title: str) -> Path:
+    from pmsm_exp.analysis.plots import plot_accuracy_over_time  # matplotlib only when a plot is asked for
+    curves, qanns = over_time(groups)
+    if not curves:
+        fail("no finished run of the selection was simulated over more than one timestep: nothing to plot")
+    return plot_accuracy_over_time(out / f"{name}.png", curves, qanns, title=title, log_x=True)
+
+
 # ---------------------------------------------------------------- newest run
 def latest(logs: Path, experiment: str, method: str | None = None, task: str | None = None) -> Run:
     """The newest finished run of an experiment (by finished_at, else metrics.json's mtime)."""
@@ -535,7 +564,8 @@ def latest(logs: Path, experiment: str, method: str | None = None, task: str | N
 # ---------------------------------------------------------------- command line
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("table", choices=(*TABLES, "latest"))
+    ap.add_argument("table", choices=(*TABLES, "latest", "plot"),
+                    help="a table, latest (the newest run's folder), or plot (SNN accuracy over T, a PNG)")
     ap.add_argument("--logs", type=Path, default=Path("logs"))
     ap.add_argument("--experiment", nargs="*", default=None, help="only runs of these experiment_name values")
     ap.add_argument("--method", default=None, help="latest: only runs of this method (pmsm, qcfs, ...)")
@@ -563,6 +593,11 @@ def main(argv=None) -> list[dict] | Path:
         return run.folder
     sel = collect(a.logs, a.experiment)
     groups = group_runs(sel)
+    if a.table == "plot":
+        title = "SNN accuracy over T" + (f": {' '.join(a.experiment)}" if a.experiment else "")
+        path = plot(groups, a.out, a.name or "accuracy_over_t", title)
+        print(f"written: {path}")
+        return path
     rows = build_table(a.table, groups, a.timesteps, a.param if a.table == "ablation" else None)
     text = render(a.table, rows, sel, groups)
     print(text)

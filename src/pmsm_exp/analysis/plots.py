@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 
 def _save(fig: Figure, path) -> Path:
@@ -69,19 +69,27 @@ def plot_conversion_error(path, errors: Mapping[str, Sequence[float]], mean: Seq
     return _save(fig, path)
 
 
-def plot_accuracy_over_time(path, runs: Mapping[str, Sequence[float]], reference: Mapping[str, float] | None = None,
-                            title: str = "Accuracy over time") -> Path:
-    """Accuracy against T per run; `reference` draws horizontal lines (e.g. the QANNs' accuracy).
-    Accuracies come as fractions (as in metrics.json) and are drawn in percent."""
+def plot_accuracy_over_time(path, runs: Mapping[str, Sequence[float] | Mapping[int, float]],
+                            reference: Mapping[str, float] | None = None,
+                            title: str = "Accuracy over time", log_x: bool = False) -> Path:
+    """Accuracy against T per run: a sequence is read as T = 1, 2, ..., a mapping as {T: accuracy}.
+    `reference` draws horizontal lines (e.g. the QANNs' accuracy); log_x spaces T = 1..64 evenly
+    by powers of two. Accuracies come as fractions (as in metrics.json) and are drawn in percent."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for label, acc in runs.items():
-        ax.plot(np.arange(1, len(acc) + 1), 100 * np.asarray(acc, float), "o-", ms=3, label=label)
+        steps, values = (list(acc.keys()), list(acc.values())) if isinstance(acc, Mapping) \
+            else (list(range(1, len(acc) + 1)), list(acc))
+        ax.plot(steps, 100 * np.asarray(values, float), "o-", ms=3, label=label)
     for label, acc in (reference or {}).items():
         ax.axhline(100 * acc, ls="--", lw=1, color="gray")
         ax.annotate(label, (1, 100 * acc), fontsize=7, color="gray", va="bottom")
     ax.set_xlabel("timesteps T")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if log_x:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.legend()
