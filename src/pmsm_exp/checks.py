@@ -21,6 +21,9 @@ from pmsm_exp.errors import UserError
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 EVAL_CHECKPOINTS = ("last", "best")
 PQA_KINDS = ("pqa", "relu")
+# Lightning's precision names (its older aliases 64, 32, 16, "bf16" are accepted too)
+PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
+PRECISION_ALIASES = (64, 32, 16, "64", "32", "16", "bf16")
 
 
 def fail(key: str, value, allowed: str) -> None:
@@ -130,13 +133,38 @@ def check_data(cfg, keys=None) -> None:
             fail("data.num_workers", v, "must be an integer >= 0")
     if data.get("val_fraction") is not None:
         number(cfg, "data.val_fraction", 0, 1, hi_open=True)
+    if "on_device" in data and not (isinstance(data.on_device, bool) or data.on_device == "auto"):
+        fail("data.on_device", data.on_device, "must be true, false or auto (on the device when training on a GPU)")
+
+
+def check_model_switches(cfg) -> None:
+    """model.channels_last and model.compile (speed.py); absent keys are off. In convert.py
+    null means "as the checkpoint's training run"."""
+    from pmsm_exp.speed import COMPILE_MODES
+    model = OmegaConf.select(cfg, "model", default=None) or {}
+    nullable = cfg.get("task_name") == "convert"
+    value = model.get("channels_last", False)
+    if not (isinstance(value, bool) or (nullable and value is None)):
+        fail("model.channels_last", value, "must be true or false" + (" or null" if nullable else ""))
+    value = model.get("compile", False)
+    if not (isinstance(value, bool) or value in COMPILE_MODES or (nullable and value is None)):
+        fail("model.compile", value, "must be true, false or a torch.compile mode: " + ", ".join(COMPILE_MODES))
 
 
 def check_trainer(cfg) -> None:
     accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    precision = OmegaConf.select(cfg, "trainer.precision")
+    if precision not in PRECISIONS + PRECISION_ALIASES:
+        fail("trainer.precision", precision, "must be one of " + ", ".join(PRECISIONS))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         fail("trainer.accelerator", accelerator, "no CUDA GPU is visible on this machine; use trainer=cpu "
              "(or accelerator=auto)")
+    if str(precision) in ("16-mixed", "16") and accelerator == "cpu":
+        fail("trainer.precision", precision, "float16 autocast does not run on a CPU: use bf16-mixed or 32-true")
+    if (str(precision).startswith("bf16") and accelerator in ("gpu", "cuda")
+            and not torch.cuda.is_bf16_supported(including_emulation=False)):
+        fail("trainer.precision", precision, "this GPU has no bfloat16 arithmetic (it needs compute capability "
+             ">= 8.0): use 16-mixed or 32-true")
 
 
 def num_classes(data: dict) -> int | None:
@@ -190,6 +218,7 @@ def check_train_config(cfg: DictConfig) -> None:
     check_data(cfg)
     check_pqa(cfg)
     check_snn(cfg)
+    check_model_switches(cfg)
     check_trainer(cfg)
     classes = num_classes(plain(cfg.data))
     if classes is None:
@@ -213,6 +242,7 @@ def check_convert_config(cfg: DictConfig) -> tuple[dict, dict]:
                         "e.g. logs/train/runs/<date>/checkpoints/last.ckpt")
     check_seed(cfg)
     check_snn(cfg)
+    check_model_switches(cfg)
     check_trainer(cfg)
     data = {k: v for k, v in plain(cfg.data).items() if v is not None}
     for key in ("batch_size", "test_subset"):

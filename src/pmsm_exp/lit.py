@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from torchmetrics.classification import MulticlassAccuracy
 
+from pmsm_exp import speed
 from pmsm_exp.analysis.energy import power_mw
 from pmsm_exp.quant import pqa_layers
 from pmsm_exp.simulate import simulate
@@ -57,13 +58,18 @@ class QANNModule(L.LightningModule):
     """Trains a (quantized) ANN with cross-entropy; logs accuracy and every layer's λ.
 
     `run_config` (the resolved Hydra config) is stored in every checkpoint so
-    that convert.py can rebuild the model without being told how.
+    that convert.py can rebuild the model without being told how. `channels_last` and
+    `compile` are the GPU path's switches (see speed.py): the model's memory order (and its
+    inputs'), and a torch.compile'd forward for training and validation that is not a
+    submodule, so checkpoints keep the plain `model.*` keys.
     """
 
     def __init__(self, model: nn.Module, num_classes: int, optim: dict, run_config: dict | None = None,
-                 teacher: nn.Module | None = None):
+                 teacher: nn.Module | None = None, channels_last: bool = False, compile: bool | str = False):
         super().__init__()
-        self.model = model
+        self.channels_last = bool(channels_last)
+        self.model = speed.to_channels_last(model) if self.channels_last else model
+        object.__setattr__(self, "compiled_model", speed.compiled(self.model, compile))  # not registered
         # optional full-precision teacher (SpikeZIP-TF distils its ViTs); never saved in checkpoints
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         self.strict_loading = teacher is None
@@ -86,10 +92,11 @@ class QANNModule(L.LightningModule):
         return Mixup(num_classes=num_classes, label_smoothing=self.optim.get("label_smoothing", 0.0), **mix)
 
     def forward(self, x):
-        return self.model(x)
+        return (self.model if self.compiled_model is None else self.compiled_model)(x)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        x = speed.as_input(x, self.channels_last)
         inputs, soft_targets = x, None
         if self.mixup is not None and len(x) % 2 == 0:  # timm's Mixup needs an even batch
             inputs, soft_targets = self.mixup(x, y)
@@ -124,6 +131,7 @@ class QANNModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
+        x = speed.as_input(x, self.channels_last)
         logits = self(x)
         self.val_acc(logits, y)
         self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True)
@@ -162,11 +170,17 @@ class QANNModule(L.LightningModule):
 
 class EvalModule(L.LightningModule):
     """One pass over the test set: QANN accuracy, and (if an SNN is given) SNN
-    accuracy, agreement with the QANN and spike counts at every t = 1..T."""
+    accuracy, agreement with the QANN and spike counts at every t = 1..T. With
+    `channels_last`, both networks and the inputs take that memory order alike."""
 
     def __init__(self, qann: nn.Module, snn: nn.Module | None = None, timesteps: int = 8,
-                 encoding: str = "static", readout: str = "mean", chunk: int | None = None):
+                 encoding: str = "static", readout: str = "mean", chunk: int | None = None,
+                 channels_last: bool = False):
         super().__init__()
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            qann = speed.to_channels_last(qann)
+            snn = speed.to_channels_last(snn) if snn is not None else None
         self.qann, self.snn = qann.eval(), snn
         self.timesteps, self.encoding, self.readout, self.chunk = timesteps, encoding, readout, chunk
         self.sums: dict[str, torch.Tensor] = {}
@@ -189,6 +203,7 @@ class EvalModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         x, y = batch
+        x = speed.as_input(x, self.channels_last)
         with torch.no_grad():
             qann_pred = self.qann(x).argmax(1)
         self._add(self.sums, "images", torch.tensor(float(len(y)), device=x.device))

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from pmsm_exp import fused, records, runs, tracking
+from pmsm_exp import fused, records, runs, speed, tracking
 from pmsm_exp.analysis.entropy import PAPER_ALPHAS, PAPER_BETAS, choose_alpha_beta
 from pmsm_exp.callbacks import StopOnDivergence
 from pmsm_exp.checkpoints import CheckpointError, read_weights  # noqa: F401  (CheckpointError: cli.py)
@@ -54,8 +54,14 @@ def resolve_pqa(pqa_cfg) -> dict:
 
 def build_model(model_cfg, pqa: dict, num_classes: int) -> torch.nn.Module:
     activation = make_activation(pqa["kind"], pqa["levels"], pqa["alpha"], pqa["beta"], pqa["threshold"])
-    kwargs = plain(model_cfg)
+    kwargs, _ = speed.split_model_config(plain(model_cfg))  # channels_last, compile: how it runs (speed.py)
     return create_model(kwargs.pop("name"), num_classes, activation, **kwargs)
+
+
+def run_switches(model_cfg) -> dict:
+    """model.channels_last and model.compile (speed.py), false when absent (older checkpoints)."""
+    _, switches = speed.split_model_config(plain(model_cfg))
+    return {"channels_last": bool(switches.get("channels_last", False)), "compile": switches.get("compile", False)}
 
 
 def build_teacher(optim: dict, num_classes: int) -> torch.nn.Module | None:
@@ -120,9 +126,12 @@ def evaluate(cfg, qann, datamodule, pqa: dict, loggers) -> tuple[dict, dict]:
     if settings["fold_bn"] and settings["neuron"] != "none":   # the folded QANN is then the reference
         qann, _ = fold_batchnorm(qann, torch.zeros(1, *datamodule.image_shape))
     snn = None if settings["neuron"] == "none" else convert_to_snn(qann, settings["neuron"])
-    module = EvalModule(qann, snn, settings["timesteps"], settings["encoding"], settings["readout"], settings["chunk"])
-    # each rank evaluates its own share of the test set, no image twice (see lit.shard_test_loader)
-    trainer = build_trainer(cfg, loggers, max_epochs=1, use_distributed_sampler=False)
+    module = EvalModule(qann, snn, settings["timesteps"], settings["encoding"], settings["readout"], settings["chunk"],
+                        channels_last=run_switches(cfg.model)["channels_last"])
+    # each rank evaluates its own share of the test set, no image twice (see lit.shard_test_loader);
+    # a mixed-precision (autocast) training run is evaluated in float32 (speed.eval_precision)
+    trainer = build_trainer(cfg, loggers, max_epochs=1, use_distributed_sampler=False,
+                            precision=speed.eval_precision(cfg.trainer.precision))
     shard_test_loader(datamodule)
     trainer.test(module, datamodule=datamodule, verbose=False)
     results = module.results
@@ -210,7 +219,8 @@ def train(cfg) -> dict:
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config["pqa"] = pqa
     optim = plain(cfg.optim)
-    module = QANNModule(model, datamodule.num_classes, optim, run_config, build_teacher(optim, datamodule.num_classes))
+    module = QANNModule(model, datamodule.num_classes, optim, run_config, build_teacher(optim, datamodule.num_classes),
+                        **run_switches(cfg.model))
     loggers = build_loggers(cfg)
     tracking.start(loggers, run_config, model)
     validation = has_validation(datamodule)
@@ -237,8 +247,10 @@ def convert(cfg) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data_overrides = {k: v for k, v in plain(cfg.data).items() if v is not None}
     OmegaConf.set_struct(cfg, False)
-    # the weights come from the checkpoint: never fetch or load starting weights again
-    cfg.model = {k: v for k, v in stored["model"].items() if k not in ("pretrained", "checkpoint")}
+    # the weights come from the checkpoint: never fetch or load starting weights again; a
+    # non-null model.channels_last of this command (trainer=gpu sets it) replaces the training run's
+    own = {k: v for k, v in plain(cfg.get("model") or {}).items() if k in speed.RUN_KEYS and v is not None}
+    cfg.model = {**{k: v for k, v in stored["model"].items() if k not in ("pretrained", "checkpoint")}, **own}
     cfg.data = {**stored["data"], **data_overrides}
     cfg.pqa = {k: v for k, v in stored["pqa"].items() if k != "entropy_choice"}
     pqa = stored["pqa"]

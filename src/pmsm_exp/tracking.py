@@ -61,7 +61,7 @@ SHORT = {"pqa.alpha": "a", "pqa.beta": "b", "pqa.levels": "L", "pqa.threshold": 
 # overrides that do not change results (or are in the name already): left out of names and tags
 NOT_IN_NAME = {"model", "data", "pqa", "snn", "experiment", "seed", "ckpt_path", "resume", "task_name",
                "experiment_name", "eval_checkpoint", "data.data_dir", "data.num_workers", "data.download",
-               "data.on_device"}
+               "data.on_device", "model.channels_last", "model.compile"}
 NOT_IN_NAME_GROUPS = {"trainer", "logger", "callbacks", "paths", "analysis", "hydra"}
 
 

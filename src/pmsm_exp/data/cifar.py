@@ -2,7 +2,8 @@
 
 Train: crop with padding 4 and flip (optionally AutoAugment, Cutout, random
 erasing, resize for ViTs) per image in loader workers, or, with
-``on_device=True``, per batch on the trainer's device (see data.gpu).
+``on_device=True``, per batch on the trainer's device (see data.gpu); ``on_device="auto"``
+chooses the device path when the trainer runs on a GPU and the augmentation is one it does.
 Validation, when ``val_fraction > 0``: a seeded class-balanced hold-out of the
 training set with the eval transform; otherwise there is none.
 """
@@ -100,7 +101,7 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
                  cutout: int = 0, image_size: int = 32, train_subset: Optional[int] = None,
                  test_subset: Optional[int] = None, val_fraction: float = 0.0, seed: int = 42,
                  pin_memory: Optional[bool] = None, re_prob: float = 0.0, repeated_aug: int = 1,
-                 on_device: bool = False):
+                 on_device: bool | str = False):
         super().__init__()
         self.save_hyperparameters()
         self.data_dir = Path(data_dir or default_data_dir())
@@ -118,11 +119,16 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
         # the ViT recipe (paper Table 5)
         self.re_prob = check_probability("data.re_prob", re_prob)
         self.repeated_aug = check_int("data.repeated_aug", repeated_aug, 1, " (1 = off)")
-        self.on_device = check_bool("data.on_device", on_device)
-        if self.on_device:
-            unsupported = {"data.autoaugment": self.autoaugment, "data.re_prob": self.re_prob,
-                           "data.repeated_aug": self.repeated_aug if self.repeated_aug > 1 else 0}
-            for key, value in unsupported.items():
+        if on_device == "auto":
+            self.on_device = "auto"
+        else:
+            try:
+                self.on_device = check_bool("data.on_device", on_device)
+            except UserError:
+                raise UserError(f"data.on_device: got {on_device!r}; allowed: true, false or auto (on the "
+                                f"device when the trainer runs on a GPU)") from None
+        if self.on_device is True:
+            for key, value in self._device_unsupported().items():
                 if value:
                     raise UserError(f"{key}: got {value} with data.on_device=true; the on-device path does "
                                     f"crop, flip, Cutout and normalisation only: turn {key} off or set "
@@ -130,6 +136,20 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
         self.pin_memory = resolve_pin(pin_memory)
         self.train_set = self.val_set = self.test_set = None
         self._device_train: Optional[tuple] = None
+
+    def _device_unsupported(self) -> dict:
+        """The settings the on-device path cannot do, with their values (0/False: off)."""
+        return {"data.autoaugment": self.autoaugment, "data.re_prob": self.re_prob,
+                "data.repeated_aug": self.repeated_aug if self.repeated_aug > 1 else 0}
+
+    def uses_device_path(self) -> bool:
+        """on_device=true, or auto with a trainer on a CUDA device and no setting the device
+        path cannot do (then the loader-worker path runs, as on a CPU)."""
+        if self.on_device != "auto":
+            return self.on_device
+        trainer = self.trainer
+        on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return on_gpu and not any(self._device_unsupported().values())
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -218,7 +238,7 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
         self.train_set = ArrayDataset(x, y, self.train_transform())
 
     def train_dataloader(self):
-        if self.on_device:
+        if self.uses_device_path():
             return self.device_loader()
         return train_loader(self, self.train_set)
 
