@@ -120,15 +120,16 @@ class SpikingNeuron(MultiStepModule):
         otherwise in float32 (exact integers while below 2^24) or float64."""
         per_sample = spikes.reshape(spikes.shape[0] * spikes.shape[1], -1)
         steps, size = spikes.shape[0], per_sample.shape[-1]
-        if (spikes.device.type == "cpu" and spikes.dtype in (torch.float32, torch.float64)
-                and max(self.max_pos, self.max_neg) <= 127 and size % 8 == 0 and size * max(self.max_pos, self.max_neg) < 2 ** 31):
+        largest = max(self.max_pos, self.max_neg)
+        if (spikes.device.type == "cpu" and spikes.dtype in (torch.float32, torch.float64) and largest <= 127
+                and size % 8 == 0 and size * largest < 2 ** 31):
             magnitude = per_sample.to(torch.int8).abs_()
             ones = self._int8_ones(size, spikes.device)
             self._counts.append(torch._int_mm(magnitude, ones)[:, 0].reshape(steps, -1).sum(1, dtype=torch.float64))
             events = torch._int_mm(magnitude.clamp_(max=1), ones)[:, 0]
             self._events.append(events.reshape(steps, -1).sum(1, dtype=torch.int64))
             return
-        exact_in_float32 = size * max(self.max_pos, self.max_neg) < 2 ** 24
+        exact_in_float32 = size * largest < 2 ** 24
         magnitude = (per_sample.abs() if exact_in_float32 and spikes.dtype == torch.float32
                      else per_sample.abs().double() if spikes.dtype != torch.float64 else per_sample.abs())
         self._counts.append(magnitude.sum(-1).reshape(steps, -1).sum(1, dtype=torch.float64))

@@ -6,6 +6,8 @@ computes; timesteps 2..T then run in chunks with `steps * N` as the batch.
 By default (`chunk=None` or "auto") the chunk is chosen after step 1 from the
 batch and the largest spiking layer, so that one call's activations stay near
 `AUTO_CHUNK_ELEMENTS` (all of 2..T in one call thrashes the cache at large T).
+The last call tells the neurons that their membranes are not needed afterwards
+(`keep_membrane`), so at T = 1 a neuron does exactly the quantizer's in-place work.
 """
 from __future__ import annotations
 
