@@ -257,3 +257,14 @@ def test_compiled_kernels_give_the_same_simulation():
     finally:
         fused.set_backend("eager")
     assert torch.equal(outputs, reference) and torch.equal(outputs[0], logits)
+
+
+def test_simulation_drops_membranes_only_at_its_end():
+    qann = random_qann("resnet20", 8, -0.25, 1.0, seed=5)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    snn = convert_to_snn(qann)
+    for T, chunk in ((1, None), (4, 2), (4, 1)):
+        result = simulate(snn, x, timesteps=T, chunk=chunk)
+        assert torch.equal(result.outputs, step_by_step_reference(qann, x, T))
+        for n in spiking_neurons(snn).values():
+            assert n.membrane is None and n.keep_membrane and n.steps_done == T

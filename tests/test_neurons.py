@@ -127,3 +127,43 @@ def test_stbif_one_spike_per_step_and_tracer_reaches_the_level():
     assert s.abs().max() == 1                              # one spike per step
     assert s.sum(0).flatten().tolist() == [3.0, -3.0, 6.0, -4.0, 0.0]
     assert s[0].flatten().tolist() == [1.0, -1.0, 1.0, -1.0, 0.0]
+
+
+@pytest.mark.parametrize("lo, hi, dtype", [(-2, 8, torch.float32), (-2, 8, torch.float64), (-3, 200, torch.float32)])
+@pytest.mark.parametrize("split", [(6,), (1, 2, 3)])
+def test_counts_in_every_path_equal_plain_loop(lo, hi, dtype, split):
+    # 16 neurons per sample: counted in int8 on CPU (levels up to 127), in float above
+    g = torch.Generator().manual_seed(1)
+    theta = torch.tensor(0.3, dtype=dtype)
+    currents = (torch.randn(6, 5, 4, 4, generator=g, dtype=dtype) * (3 if hi < 100 else 40))
+    spikes_ref, v_ref = reference_aif(currents, theta, lo, hi)
+    n = aif_neuron(theta, min_level=lo, max_level=hi)
+    start = 0
+    for steps in split:
+        run(n, currents[start:start + steps])
+        start += steps
+    assert torch.equal(n.membrane, v_ref)
+    assert torch.equal(n.spike_counts, spikes_ref.abs().sum(dim=(1, 2, 3), dtype=torch.float64))
+    assert torch.equal(n.spike_events, (spikes_ref != 0).sum(dim=(1, 2, 3)))
+    assert (spikes_ref < 0).any() and spikes_ref.abs().max() > (100 if hi > 127 else 1)
+
+
+def test_last_call_without_membrane_fires_like_the_loop():
+    g = torch.Generator().manual_seed(2)
+    theta = torch.tensor(0.3)
+    currents = torch.randn(5, 8, 6, generator=g) * 2
+    spikes_ref, _ = reference_aif(currents, theta, -2, 8)
+    for split in [(5,), (1, 4), (1, 2, 2), (1,)]:
+        n = aif_neuron(theta, min_level=-2, max_level=8)
+        outs, start = [], 0
+        for i, steps in enumerate(split):
+            n.keep_membrane = i < len(split) - 1     # as simulate() sets it: the last call drops it
+            outs.append(run(n, currents[start:start + steps]))
+            start += steps
+        assert torch.equal(torch.cat(outs), spikes_ref[:start]), split
+        assert n.membrane is None and n.steps_done == start
+        with pytest.raises(RuntimeError, match="reset_state"):
+            run(n, currents[:1])
+        n.reset_state()
+        n.keep_membrane = True
+        assert torch.equal(run(n, currents[:1]), spikes_ref[:1])

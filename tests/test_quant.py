@@ -87,12 +87,15 @@ def random_inputs(levels, alpha, beta, lam, seed):
     g = torch.Generator().manual_seed(seed)
     theta = lam / levels
     half = (torch.randint(round(alpha * levels) - 3, round(beta * levels) + 3, (300,), generator=g) + 0.5) * theta
-    z = torch.cat([torch.randn(2000, generator=g) * 3 * lam, half, torch.zeros(5), torch.tensor([1e6, -1e6])])
+    # the neighbours of the half-levels too, where z/θ + 1/2 may round onto or off the next level
+    near = torch.cat([torch.nextafter(half[:100], torch.tensor(float("inf"))),
+                      torch.nextafter(half[:100], torch.tensor(float("-inf")))])
+    z = torch.cat([torch.randn(2000, generator=g) * 3 * lam, half, torch.zeros(5), torch.tensor([1e6, -1e6]), near])
     return z.reshape(-1, 1), torch.randn(z.numel(), generator=g).reshape(-1, 1)
 
 
 FUSED_CASES = [(8, -0.25, 1.0, 2.5), (4, -1.0, 1.0, 3.0), (8, -0.5, 0.75, 1.75), (16, 0.0, 1.0, 8.0),
-               (6, -0.5, 0.5, 3.3)]
+               (6, -0.5, 0.5, 3.3), (8, -0.125, 1.0, 2.0)]   # the last: lo = -1, k_clamped = -1 outside
 
 
 @pytest.mark.parametrize("levels, alpha, beta, lam", FUSED_CASES)
@@ -109,6 +112,45 @@ def test_fused_quantizer_equals_formula_bit_for_bit(levels, alpha, beta, lam):
     assert (grad_z == 0).any() and (grad_z != 0).any() and grad_lam != 0
     with torch.no_grad():   # the inference path (no autograd) does the same arithmetic
         assert torch.equal(PQA(levels, alpha, beta, lam)(z), ref_out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("levels, alpha, beta, lam", FUSED_CASES[:3] + [(64, -0.25, 1.0, 8.0)])
+def test_fused_quantizer_bit_for_bit_in_other_dtypes(levels, alpha, beta, lam, dtype):
+    # bf16 with 64 levels: too coarse for the saved-residual path (fused._residual_path_exact),
+    # so the quantizer recomputes from z; either way the formula's values, bit for bit
+    from pmsm_exp import fused
+    z, g = random_inputs(levels, alpha, beta, lam, seed=levels + 1)
+    z, g = z.to(dtype), g.to(dtype)
+    lo, hi = round(alpha * levels), round(beta * levels)
+    q = PQA(levels, alpha, beta, lam).to(dtype)
+    zz = z.clone().requires_grad_()
+    out = q(zz)
+    out.backward(g)
+    ref_out, ref_z, ref_lam = formula(z, torch.tensor(lam, dtype=dtype), levels, lo, hi, g)
+    assert torch.equal(out, ref_out) and torch.equal(zz.grad, ref_z) and torch.equal(q.threshold.grad, ref_lam)
+    assert fused._residual_path_exact(dtype, lo, hi) == (dtype == torch.float64 or hi <= 31)
+
+
+def test_residual_path_only_where_it_is_exact():
+    from pmsm_exp import fused
+    assert fused._residual_path_exact(torch.float32, -2, 8)
+    assert not fused._residual_path_exact(torch.float32, 0, 8)        # QCFS: k_clamped = 0 outside and inside
+    assert fused._residual_path_exact(torch.bfloat16, -8, 31)
+    assert not fused._residual_path_exact(torch.bfloat16, -8, 32)
+    assert not fused._residual_path_exact(torch.float16, -1, 512)
+
+
+def test_fused_quantizer_backward_twice_with_retain_graph():
+    q = PQA(8, -0.25, 1.0, 2.5)
+    z, g = random_inputs(8, -0.25, 1.0, 2.5, seed=3)
+    z.requires_grad_()
+    out = q(z)
+    out.backward(g, retain_graph=True)
+    first = z.grad.clone(), q.threshold.grad.clone()
+    z.grad, q.threshold.grad = None, None
+    out.backward(g)
+    assert torch.equal(z.grad, first[0]) and torch.equal(q.threshold.grad, first[1])
 
 
 def test_threshold_gradient_is_the_derivative():

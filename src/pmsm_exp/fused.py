@@ -9,6 +9,13 @@
 Both forms perform the same float operations in the same order (z/θ, + 1/2,
 floor, clamp, × θ), so they agree bit for bit; reductions (λ's gradient) are
 done outside the kernels, by `torch.sum`, for the same reason.
+
+Where the time goes on a CPU (torch.profiler, ResNet-20): every eager op is one
+pass over memory, an out-of-place one costs about twice an in-place one, and
+`torch.where` with a bool mask (and bool -> float casts) several times more; so
+the eager forms use in-place ops, `hardtanh_backward` as the one-pass select
+(`_select`), and, for training, save the per-element dPQA/dθ from the forward
+(`_pqa_train_forward_eager`) so that the backward is 3 passes, not about 12.
 """
 from __future__ import annotations
 
@@ -44,6 +51,9 @@ def _kernel(name: str, eager_fn):
 
 
 # ---------------------------------------------------------------- the quantizer (PQA)
+_select = torch.ops.aten.hardtanh_backward   # (g, x, a, b) -> g where a < x < b, else 0: one pass
+
+
 def _pqa_forward_pure(z, theta, lo: int, hi: int):
     return torch.clamp(torch.floor(z / theta + 0.5), lo, hi) * theta
 
@@ -67,27 +77,64 @@ def _pqa_backward_pure(g, z, theta, lo: int, hi: int):
 def _pqa_backward_eager(g, z, theta, lo: int, hi: int):
     q = z / theta
     k = torch.add(q, 0.5).floor_()
-    k_clamped = torch.clamp(k, lo, hi)
-    inside = k_clamped == k               # False for NaN too, like (k >= lo) & (k <= hi)
-    grad_z = torch.where(inside, g, 0.0)
-    grad_theta = k_clamped.sub_(q.mul_(inside)).mul_(g)
+    # k is an integer: lo <= k <= hi is lo - 1 < k < hi + 1, hardtanh_backward's test (one pass;
+    # torch.where with a mask costs several times more on CPU). A NaN z passes g (the formula: 0).
+    grad_z = _select(g, k, lo - 1, hi + 1)
+    w = _select.grad_input(q, k, lo - 1, hi + 1, grad_input=q)   # where(inside, q, 0), in place
+    grad_theta = k.clamp_(lo, hi).sub_(w).mul_(g)
     return grad_z, grad_theta
 
 
-class PQAFunction(torch.autograd.Function):
-    """PQA(z) = clamp(floor(z/θ + 1/2), lo, hi)·θ with θ = λ/L; one kernel each way.
+def _residual_path_exact(dtype: torch.dtype, lo: int, hi: int) -> bool:
+    """Whether `_pqa_train_forward_eager` may save r = k_clamped - [inside]·q alone: its
+    magnitude is >= 1 exactly outside the clamp (|k_clamped| >= 1 needs lo <= -1) and < 1
+    inside, where |k - q| <= 1/2 plus the rounding of q + 1/2 (below 1/4 while the largest
+    level is under a quarter of 1/eps: 2^22 in float32, 32 in bfloat16)."""
+    return lo <= -1 and (max(-lo, hi) + 1) * torch.finfo(dtype).eps <= 0.25
 
-    Saves only z (already alive in the graph) and recomputes in the backward."""
+
+def _pqa_train_forward_eager(z, theta, lo: int, hi: int):
+    """The forward of training in 7 passes, with what the backward needs in one tensor:
+    (PQA(z), r) with r = k_clamped - [inside]·z/θ, the per-element dPQA/dθ (the formula's
+    `kc - where(inside, q, 0)`, same operations), whose magnitude also tells inside (< 1)
+    from outside (>= 1; see `_residual_path_exact`). Saving r instead of z keeps the
+    memory of the graph the same (z itself is then freed)."""
+    q = z / theta
+    k = torch.add(q, 0.5).floor_()
+    w = _select.grad_input(q, k, lo - 1, hi + 1, grad_input=q)   # where(inside, q, 0), in place
+    kc = k.clamp_(lo, hi)
+    r = torch.sub(kc, w, out=w)
+    return kc.mul_(theta), r
+
+
+class PQAFunction(torch.autograd.Function):
+    """PQA(z) = clamp(floor(z/θ + 1/2), lo, hi)·θ with θ = λ/L.
+
+    Eager backend, signed levels (lo <= -1, the PMSM case): the forward also computes the
+    per-element dPQA/dθ, r, and saves only it; the backward is then two passes (dz = g
+    where |r| < 1; g·r summed for λ), against a dozen when recomputing from z. Otherwise
+    (QCFS's lo = 0, levels too large for the dtype, the compiled backend) it saves z and
+    recomputes in the backward."""
 
     @staticmethod
     def forward(ctx, z, threshold, levels: int, lo: int, hi: int):
         theta = threshold / levels
-        ctx.save_for_backward(z, theta)
         ctx.levels, ctx.lo, ctx.hi = levels, lo, hi
+        ctx.residual = _backend == "eager" and _residual_path_exact(z.dtype, lo, hi)
+        if ctx.residual:
+            out, r = _pqa_train_forward_eager(z, theta, lo, hi)
+            ctx.save_for_backward(r)
+            return out
+        ctx.save_for_backward(z, theta)
         return _kernel("pqa_forward", _pqa_forward_eager)(z, theta, lo, hi)
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.residual:
+            (r,) = ctx.saved_tensors
+            grad_z = _select(grad, r, -1, 1) if ctx.needs_input_grad[0] else None
+            grad_threshold = (grad * r).sum() / ctx.levels if ctx.needs_input_grad[1] else None
+            return grad_z, grad_threshold, None, None, None
         z, theta = ctx.saved_tensors
         grad_z, per_element = _kernel("pqa_backward", _pqa_backward_eager)(grad, z, theta, ctx.lo, ctx.hi)
         grad_threshold = per_element.sum() / ctx.levels if ctx.needs_input_grad[1] else None
@@ -114,24 +161,33 @@ def _aif_steps_pure(currents, membrane, theta, lo: int, hi: int, init: float):
     return torch.stack(spikes), membrane
 
 
-def _aif_steps_eager(currents, membrane, theta, lo: int, hi: int, init: float):
-    u_all = currents / theta                  # one allocation for the whole call
-    spikes = torch.empty_like(u_all)
-    for t in range(u_all.shape[0]):
-        u = u_all[t]
+def _aif_steps_eager(currents, membrane, theta, lo: int, hi: int, init: float, keep: bool = True):
+    """All in place but two buffers: the call's z/θ (its slot t then holds the spikes of step t)
+    and the membrane, which the neuron owns and which carries over from call to call.
+    keep=False: the membrane after the call's last step is not needed (the end of a
+    simulation), so that step fires in place, as the quantizer does, and None is returned."""
+    spikes = currents / theta                 # one allocation for the whole call
+    last = spikes.shape[0] - 1
+    for t in range(spikes.shape[0]):
+        s = spikes[t]
+        if t == last and not keep:
+            s.add_(init if membrane is None else membrane)   # z/θ + 1/2 (PQA's arithmetic) or z/θ + m
+            s.floor_().clamp_(lo, hi)
+            return spikes, None
         if membrane is None:
-            u.add_(init)                      # z/θ + 1/2: the quantizer's arithmetic
+            membrane = s + init               # z/θ + 1/2: the quantizer's arithmetic
         else:
-            u.add_(membrane)                  # m + z/θ (addition commutes exactly)
-        s = torch.floor(u, out=spikes[t]).clamp_(lo, hi)
-        membrane = u.sub_(s)
-    if u_all.shape[0] > 1:
-        membrane = membrane.clone()           # do not keep the whole call's buffer alive
+            membrane.add_(s)                  # m + z/θ (addition commutes exactly)
+        torch.floor(membrane, out=s).clamp_(lo, hi)
+        membrane.sub_(s)
     return spikes, membrane
 
 
-def aif_steps(currents, membrane, theta, lo: int, hi: int, init: float):
-    return _kernel("aif_steps", _aif_steps_eager)(currents, membrane, theta, lo, hi, init)
+def aif_steps(currents, membrane, theta, lo: int, hi: int, init: float, keep: bool = True):
+    if _backend == "eager":
+        return _aif_steps_eager(currents, membrane, theta, lo, hi, init, keep)
+    spikes, membrane = _kernel("aif_steps", _aif_steps_eager)(currents, membrane, theta, lo, hi, init)
+    return spikes, (membrane if keep else None)
 
 
 _COMPILABLE = {"pqa_forward": _pqa_forward_pure, "pqa_backward": _pqa_backward_pure,

@@ -6,6 +6,8 @@ computes; timesteps 2..T then run in chunks with `steps * N` as the batch.
 By default (`chunk=None` or "auto") the chunk is chosen after step 1 from the
 batch and the largest spiking layer, so that one call's activations stay near
 `AUTO_CHUNK_ELEMENTS` (all of 2..T in one call thrashes the cache at large T).
+The last call tells the neurons that their membranes are not needed afterwards
+(`keep_membrane`), so at T = 1 a neuron does exactly the quantizer's in-place work.
 """
 from __future__ import annotations
 
@@ -75,21 +77,27 @@ def simulate(snn: nn.Module, x: torch.Tensor, timesteps: int, encoding: str = "s
     for m in neurons.values():
         m.record = record
     outputs, done = [], 0
-    while done < timesteps:
-        if done == 1 and chunk in (None, "auto"):
-            chunk = auto_chunk(snn, timesteps - 1)
-        steps = 1 if done == 0 else min(chunk, timesteps - done)
-        for m in stateful:
-            m.steps = steps
-        if done == 0:
-            inputs = x
-        elif encoding == "static":
-            inputs = x.unsqueeze(0).expand(steps, *x.shape).reshape(steps * x.shape[0], *x.shape[1:])
-        else:
-            inputs = x.new_zeros(steps * x.shape[0], *x.shape[1:])
-        y = snn(inputs)
-        outputs.append(y.reshape(steps, x.shape[0], *y.shape[1:]))
-        done += steps
+    try:
+        while done < timesteps:
+            if done == 1 and chunk in (None, "auto"):
+                chunk = auto_chunk(snn, timesteps - 1)
+            steps = 1 if done == 0 else min(chunk, timesteps - done)
+            for m in stateful:
+                m.steps = steps
+            for m in neurons.values():   # the last call need not keep the membranes
+                m.keep_membrane = done + steps < timesteps
+            if done == 0:
+                inputs = x
+            elif encoding == "static":
+                inputs = x.unsqueeze(0).expand(steps, *x.shape).reshape(steps * x.shape[0], *x.shape[1:])
+            else:
+                inputs = x.new_zeros(steps * x.shape[0], *x.shape[1:])
+            y = snn(inputs)
+            outputs.append(y.reshape(steps, x.shape[0], *y.shape[1:]))
+            done += steps
+    finally:
+        for m in neurons.values():
+            m.keep_membrane = True
     outputs = torch.cat(outputs).cumsum(0)
     if readout == "mean":
         t = torch.arange(1, timesteps + 1, device=outputs.device, dtype=outputs.dtype)
