@@ -279,7 +279,8 @@ def shard_test_loader(datamodule) -> None:
         return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=ShardSampler(loader.sampler),
                           num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
                           drop_last=loader.drop_last, worker_init_fn=loader.worker_init_fn,
-                          persistent_workers=loader.persistent_workers)
+                          persistent_workers=loader.persistent_workers,
+                          multiprocessing_context=loader.multiprocessing_context)
 
     datamodule._unsharded_test_dataloader = base
     datamodule.test_dataloader = sharded

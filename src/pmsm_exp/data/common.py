@@ -2,7 +2,9 @@
 held-out validation split, an in-memory uint8 data set and the loaders."""
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sys
 from typing import Callable, Optional
 
 import numpy as np
@@ -148,7 +150,19 @@ def make_loader(ds: Dataset, batch_size: int, num_workers: int, pin_memory: bool
                 shuffle: bool = False, sampler=None) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None,
                       sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, multiprocessing_context=worker_context(num_workers))
+
+
+def worker_context(num_workers: int):
+    """How loader workers are started: Python's default, except inside a joblib (loky) worker,
+    e.g. a job of Hydra's joblib launcher, whose process-wide default is loky's own start method,
+    which cannot start DataLoader workers (AttributeError: 'Process' object has no attribute 'env')."""
+    if num_workers == 0:
+        return None
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method in (None, "fork", "spawn", "forkserver"):
+        return None
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 def resolve_pin(pin_memory: Optional[bool]) -> bool:
