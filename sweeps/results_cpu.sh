@@ -48,9 +48,11 @@ fi
 python train.py -m experiment=ablation_alpha 'hydra.sweeper.params={pqa.alpha:"-0.125,-0.25,-0.5,-1"}' \
   data.train_subset=10000 epochs=4 "${RECIPE[@]}" "${LAUNCH[@]}" "$@" || status=$?
 
-python -m pmsm_exp.report accuracy --logs "$LOGS" --experiment table1_resnet20_cifar10 --timesteps 1 2 4 8 16 32 \
-  --name table1_resnet20_cifar10 --out "$OUT" --wandb
-python -m pmsm_exp.report plot --logs "$LOGS" --experiment table1_resnet20_cifar10 --name table1_over_t --out "$OUT"
-python -m pmsm_exp.report ablation --logs "$LOGS" --experiment ablation_alpha --param alpha --timesteps 1 \
-  --name fig3a_alpha --out "$OUT" --wandb
+# the tables and the plot, rebuilt from a copy of every metrics.json in $OUT/runs (what is committed),
+# and each table again as a W&B report run in its experiment's group (files under $LOGS/report)
+sweeps/publish_results.sh "$LOGS" "$OUT"
+python -m pmsm_exp.report accuracy --logs "$OUT/runs" --experiment table1_resnet20_cifar10 --timesteps 1 2 4 8 16 32 \
+  --name table1_resnet20_cifar10 --out "$LOGS/report" --wandb
+python -m pmsm_exp.report ablation --logs "$OUT/runs" --experiment ablation_alpha --param alpha --timesteps 1 \
+  --name fig3a_alpha --out "$LOGS/report" --wandb
 exit $status
