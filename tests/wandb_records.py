@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def records(path) -> list[pb.Record]:
             continue
         crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
         chunk = data[pos + HEADER:pos + HEADER + length]
-        if kind == 0 and length == 0:
+        if (kind == 0 and length == 0) or pos + HEADER + length > len(data):   # end, or a chunk still being written
             break
         assert crc == zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF, f"bad checksum at {pos}"
         pos += HEADER + length
@@ -59,6 +60,12 @@ class OfflineRun:
         self.dir = Path(run_dir)
         self.file = next(self.dir.glob("run-*.wandb"))
         self.records = records(self.file)
+        # W&B's service writes the file behind the run: on a busy machine, a run that has
+        # finished can still lack its records for a moment
+        deadline = time.monotonic() + 30
+        while not any(r.WhichOneof("record_type") == "run" for r in self.records) and time.monotonic() < deadline:
+            time.sleep(0.25)
+            self.records = records(self.file)
         self.run, self.config, self.history, self.summary = None, {}, [], {}
         self.artifacts, self.metrics, self.use_artifacts = [], [], []
         for r in self.records:
