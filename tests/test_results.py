@@ -1,0 +1,55 @@
+"""The published results (results/) are what the report prints from the committed metrics.json files.
+
+README's Results section and results/*.md must be exactly the report's output rebuilt here from
+results/runs/, so no number in them can be edited by hand or go stale.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+from pmsm_exp import report
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+RUNS = RESULTS / "runs"
+# name -> the report arguments sweeps/results_cpu.sh uses for it
+TABLES = {
+    "table1_resnet20_cifar10": ["accuracy", "--experiment", "table1_resnet20_cifar10",
+                                "--timesteps", "1", "2", "4", "8", "16", "32"],
+    "fig3a_alpha": ["ablation", "--experiment", "ablation_alpha", "--param", "alpha", "--timesteps", "1"],
+}
+
+
+@pytest.fixture(scope="module")
+def rebuilt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rebuilt")
+    for name, args in TABLES.items():
+        report.main([*args, "--logs", str(RUNS), "--out", str(out), "--name", name])
+    return out
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_committed_tables_are_the_report_output(rebuilt, name):
+    for suffix in (".md", ".csv", "_left_out.csv"):
+        assert (RESULTS / f"{name}{suffix}").read_text() == (rebuilt / f"{name}{suffix}").read_text(), suffix
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_readme_shows_the_tables_as_printed(rebuilt, name):
+    readme = (ROOT / "README.md").read_text()
+    assert (rebuilt / f"{name}.md").read_text().strip() in readme
+
+
+def test_every_pmsm_run_agrees_with_its_qann_at_t1():
+    runs = [json.loads(p.read_text()) for p in sorted(RUNS.rglob("metrics.json"))]
+    pmsm = [m for m in runs if m["run"]["method"] == "pmsm"]
+    assert pmsm and all(m["status"] == "finished" for m in runs)
+    for m in pmsm:
+        snn = m["snn"]
+        assert snn["timesteps"][0] == 1 and snn["agreement"][0] == 1.0, m["run"]
+        assert snn["test_acc"][0] == m["qann"]["test_acc"], m["run"]
+
+
+def test_plot_is_published():
+    assert (RESULTS / "table1_over_t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
