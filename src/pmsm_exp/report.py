@@ -33,7 +33,7 @@ import csv
 import io
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -527,13 +527,15 @@ def over_time(groups: list[Group]) -> tuple[dict[str, dict[int, float]], dict[st
     """Per row simulated over more than one step: its mean SNN accuracy at each T, and its mean QANN
     accuracy; labelled by method, task and the settings that tell rows apart."""
     shown = varying(groups)
-    curves, qanns = {}, {}
+    curves, qanns, rows = {}, {}, []
     for g in sorted(groups, key=lambda g: (g.experiment, g.method, tuple(g.settings.items()))):
         steps = sorted({t for r in g.runs for t in (r.metrics.get("snn") or {}).get("timesteps") or []})
-        if len(steps) < 2:
-            continue
+        if len(steps) >= 2:
+            rows.append((g, steps))
+    short = Counter(g.method for g, _ in rows)   # a method's settings appear only when it has several curves
+    for g, steps in rows:
         extra = " ".join(f"{k}={g.settings.get(k, '(default)')}" for k in shown[id(g)] if k != "task")
-        label = f"{g.method} ({g.settings['task']}{', ' + extra if extra else ''})"
+        label = g.method if short[g.method] == 1 else f"{g.method} ({g.settings['task']}{', ' + extra if extra else ''})"
         curve = {t: _stats([run_value(r.metrics, "snn_acc", t) for r in g.runs])[0] for t in steps}
         curves[label] = {t: v for t, v in curve.items() if v is not None}
         qann = _stats([run_value(r.metrics, "ann_acc", None) for r in g.runs])[0]

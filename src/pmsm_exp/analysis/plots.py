@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 
 def _save(fig: Figure, path) -> Path:
@@ -87,10 +87,10 @@ def plot_accuracy_over_time(path, runs: Mapping[str, Sequence[float] | Mapping[i
     ax.set_xlabel("timesteps T")
     if log_x:
         ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="lower right")
     return _save(fig, path)
