@@ -12,18 +12,13 @@ compute (issue 11's target: on-device step <= 1.15x pure compute); nothing is as
 """
 import argparse
 import statistics
-import time
 from contextlib import nullcontext
 
 import torch
 
 from pmsm_exp.data import CIFAR10DataModule, DeviceLoader
+from timing import interleaved
 from pmsm_exp.data.common import ArrayDataset, make_loader
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main():
@@ -86,16 +81,9 @@ def main():
     cases = {"loader workers": lambda: run_loader(cpu_loader), "on device": lambda: run_loader(dev_loader)}
     if step:
         cases = {"pure compute": run_pure, **cases}
-    times = {k: [] for k in cases}
     for fn in cases.values():  # warm-up: allocator, cuDNN heuristics, worker start
         fn()
-    for _ in range(a.rounds):
-        for name, fn in cases.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved(cases, a.rounds, device)
 
     base = "pure compute" if step else "loader workers"
     what = f"training steps ({a.model}{', bf16' if a.bf16 else ''}{', channels_last' if a.channels_last else ''})" \

@@ -24,12 +24,15 @@ import json
 import math
 import platform
 import statistics
-import time
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # benchmarks/timing.py, also when loaded by path
+from timing import interleaved  # noqa: E402
 
 from pmsm_exp import speed
 from pmsm_exp.data import CIFAR10DataModule
@@ -38,11 +41,6 @@ from pmsm_exp.models import create_model
 from pmsm_exp.quant import make_activation
 
 TARGET = 1.15   # issue 11: data path time <= 1.15 x pure compute
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def make_step(device: torch.device, bf16: bool, channels_last: bool, compile_mode):
@@ -94,14 +92,7 @@ def measure(batch: int, a, images: torch.Tensor, labels: torch.Tensor, device: t
     for _ in range(a.warmup):          # compilation, cuDNN's autotuner, the allocator
         step(*fixed)
         step(*next(iter(loader)))
-    times = {name: [] for name in cases}
-    for _ in range(a.rounds):
-        for name, fn in cases.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append((time.perf_counter() - t0) / steps)
+    times = {name: [t / steps for t in ts] for name, ts in interleaved(cases, a.rounds, device).items()}
     per_epoch = math.ceil(len(images) / batch)
     base = statistics.median(times["pure compute"])
     rows = {}

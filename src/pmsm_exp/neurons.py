@@ -11,12 +11,18 @@ configured with at most one positive spike of size λ, the IF neuron of QCFS.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from pmsm_exp import fused
 
-_INT8_ONES: dict = {}   # (neurons per sample, device) -> [size, 8] int8 ones, the counting matrix
+
+@functools.lru_cache(maxsize=None)
+def _int8_ones(size: int, device: torch.device) -> torch.Tensor:
+    """[size, 8] int8 ones: the matrix that sums a layer's spikes (torch._int_mm needs 8 columns)."""
+    return torch.ones(size, 8, dtype=torch.int8, device=device)
 
 
 class MultiStepModule(nn.Module):
@@ -124,7 +130,7 @@ class SpikingNeuron(MultiStepModule):
         if (spikes.device.type == "cpu" and spikes.dtype in (torch.float32, torch.float64) and largest <= 127
                 and size % 8 == 0 and size * largest < 2 ** 31):
             magnitude = per_sample.to(torch.int8).abs_()
-            ones = self._int8_ones(size, spikes.device)
+            ones = _int8_ones(size, spikes.device)
             self._counts.append(torch._int_mm(magnitude, ones)[:, 0].reshape(steps, -1).sum(1, dtype=torch.float64))
             events = torch._int_mm(magnitude.clamp_(max=1), ones)[:, 0]
             self._events.append(events.reshape(steps, -1).sum(1, dtype=torch.int64))
@@ -135,14 +141,6 @@ class SpikingNeuron(MultiStepModule):
         self._counts.append(magnitude.sum(-1).reshape(steps, -1).sum(1, dtype=torch.float64))
         self._events.append(magnitude.clamp_(max=1).sum(-1).reshape(steps, -1).sum(1, dtype=torch.float64)
                             .to(torch.int64))
-
-    @staticmethod
-    def _int8_ones(size: int, device) -> torch.Tensor:
-        key = (size, device)
-        ones = _INT8_ONES.get(key)
-        if ones is None:
-            ones = _INT8_ONES[key] = torch.ones(size, 8, dtype=torch.int8, device=device)
-        return ones
 
     def _stbif_steps(self, currents: torch.Tensor) -> torch.Tensor:
         if self.membrane is None:
