@@ -22,6 +22,7 @@ same script measures an older checkout (PYTHONPATH=old/src) for before/after tab
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import platform
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pmsm_exp import fused
 from pmsm_exp.conversion import convert_to_snn
 from pmsm_exp.models import create_model
 from pmsm_exp.quant import make_activation
@@ -89,6 +91,17 @@ def sim(snn, x, T):
 
 
 # ---------------------------------------------------------------- throughput
+@contextlib.contextmanager
+def kernels_for(name: str):
+    """fused.using (also for an older pmsm_exp on PYTHONPATH, which lacks it)."""
+    previous = fused.backend()
+    fused.set_backend(name)
+    try:
+        yield
+    finally:
+        fused.set_backend(previous)
+
+
 def throughput(args, device) -> dict:
     torch.manual_seed(0)
     qann = create_model("resnet20", 10, make_activation("pqa")).to(device).eval()
@@ -106,11 +119,12 @@ def throughput(args, device) -> dict:
                   for k, act in (("pqa", make_activation("pqa")), ("relu", torch.nn.ReLU))}
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in train_nets.items()}
 
-    def train_step(kind):
+    def train_step(kind, kernels=None):
         def step():
-            opts[kind].zero_grad(set_to_none=True)
-            F.cross_entropy(train_nets[kind](xb), yb).backward()
-            opts[kind].step()
+            with kernels_for(kernels or fused.backend()):
+                opts[kind].zero_grad(set_to_none=True)
+                F.cross_entropy(train_nets[kind](xb), yb).backward()
+                opts[kind].step()
         return step
 
     def no_grad(fn):
@@ -120,7 +134,12 @@ def throughput(args, device) -> dict:
         return run
 
     cases = {"ann_forward": no_grad(lambda: qann(x)), "relu_forward": no_grad(lambda: relu(x)),
-             "train_pqa": train_step("pqa"), "train_relu": train_step("relu")}
+             "train_pqa": train_step("pqa", "eager"), "train_relu": train_step("relu")}
+    # train.py's default for runs of fused.AUTO_COMPILE_STEPS or more: the quantizer compiled
+    compile_missing = (fused.compile_unavailable(device.type) if hasattr(fused, "compile_unavailable")
+                       else "this pmsm_exp predates auto kernels")
+    if not compile_missing:
+        cases["train_pqa_compiled"] = train_step("pqa", "compile")
     for T in TIMESTEPS:
         cases[f"ours_T{T}"] = lambda T=T: sim(ours, x, T)
         if ours_fold is not None:
@@ -152,7 +171,12 @@ def throughput(args, device) -> dict:
         if f"ours_fold_T{T}" in med:
             row["ratio_fold_bn"] = med[f"ours_fold_T{T}"] / med["ann_forward"]
         rows.append(row)
-    rows.append({"measure": "training step, PQA / ReLU", "ratio": med["train_pqa"] / med["train_relu"]})
+    rows.append({"measure": "training step, PQA / ReLU, eager kernels", "ratio": med["train_pqa"] / med["train_relu"]})
+    if "train_pqa_compiled" in med:
+        rows.append({"measure": "training step, PQA / ReLU, quantizer compiled (train.py's default for long runs)",
+                     "ratio": med["train_pqa_compiled"] / med["train_relu"]})
+    else:
+        rows.append({"measure": f"training step, PQA / ReLU, quantizer compiled: not run ({compile_missing})"})
     rows.append({"measure": "ANN forward, PQA / ReLU", "ratio": med["ann_forward"] / med["relu_forward"]})
     return {"rows": rows, "median_seconds": med}
 
@@ -269,7 +293,8 @@ def main():
     ap.add_argument("--train-batch", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--kernels", default="eager", help="eager | compile (our fused kernels through torch.compile)")
+    ap.add_argument("--kernels", default="eager", help="the SNN and ANN-forward rows' kernels: eager (evaluation's "
+                    "default) | compile; the training rows run both")
     ap.add_argument("--train-epochs", type=int, default=0, help="0: throughput only")
     ap.add_argument("--train-images", type=int, default=10000)
     ap.add_argument("--test-images", type=int, default=2000)
@@ -282,9 +307,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if args.kernels != "eager":
-        from pmsm_exp import fused
-        fused.set_backend(args.kernels)
+    fused.set_backend(args.kernels)
     import spikingjelly as sj_pkg
     from importlib.metadata import version
     result = {"batch": args.batch, "train_batch": args.train_batch, "rounds": args.rounds, "kernels": args.kernels,

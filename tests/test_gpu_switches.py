@@ -253,3 +253,43 @@ def test_gpu_epoch_benchmark_smoke_on_cpu(tmp_path):
     saved = json.loads((tmp_path / "gpu_epoch.json").read_text())
     assert saved["settings"]["precision"] == "bf16" and saved["settings"]["channels_last"] is True
     assert "| 16 | GPU data path |" in (tmp_path / "gpu_epoch.md").read_text()
+
+
+# ---------------------------------------------------------------- snn.kernels=auto in a training run
+def kernels_seen(monkeypatch):
+    """The fused kernels each training and test step ran with."""
+    from pmsm_exp import fused
+    seen = {"train": [], "test": []}
+    train_step, test_step = lit.QANNModule.training_step, lit.EvalModule.test_step
+    monkeypatch.setattr(lit.QANNModule, "training_step",
+                        lambda self, b, i: seen["train"].append(fused.backend()) or train_step(self, b, i))
+    monkeypatch.setattr(lit.EvalModule, "test_step",
+                        lambda self, b, i: seen["test"].append(fused.backend()) or test_step(self, b, i))
+    return seen
+
+
+def test_short_training_run_keeps_the_eager_kernels(tmp_path, monkeypatch):
+    seen = kernels_seen(monkeypatch)
+    metrics = run_script("train", TINY, tmp_path / "logs", monkeypatch)   # snn.kernels=auto, 2 steps
+    assert metrics["run"]["snn"]["kernels"] == "auto" and metrics["run"]["training_kernels"] == "eager"
+    assert seen["train"] == ["eager"] * 2 and set(seen["test"]) == {"eager"}
+
+
+@pytest.mark.slow   # torch.compile: 5-25 s of compilation on a CPU
+def test_auto_kernels_train_compiled_bit_for_bit_like_eager_and_evaluate_eager(tmp_path, monkeypatch):
+    from pmsm_exp import fused
+    steps = [*TINY, "epochs=2", "data.train_size=96", "trainer.deterministic=true"]
+    eager = run_script("train", [*steps, "snn.kernels=eager"], tmp_path / "eager", monkeypatch)
+    monkeypatch.setattr(fused, "AUTO_COMPILE_STEPS", 4)   # this run's 6 steps count as a long run
+    if fused.compile_unavailable("cpu"):
+        pytest.skip(fused.compile_unavailable("cpu"))
+    seen = kernels_seen(monkeypatch)
+    auto = run_script("train", steps, tmp_path / "auto", monkeypatch)
+    assert auto["run"]["training_kernels"] == "compile" and eager["run"]["training_kernels"] == "eager"
+    assert seen["train"] == ["compile"] * 6 and set(seen["test"]) == {"eager"}
+    # the compiled quantizer does the eager arithmetic, forward and backward: the same weights after 6 steps
+    weights = [torch.load(next((tmp_path / d).rglob("last.ckpt")), map_location="cpu", weights_only=True)["state_dict"]
+               for d in ("eager", "auto")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert auto["qann"]["test_acc"] == eager["qann"]["test_acc"] and auto["snn"]["agreement"][0] == 1.0

@@ -187,5 +187,39 @@ def test_compiled_quantizer_equals_formula_bit_for_bit(levels, alpha, beta, lam)
 def test_kernel_backend_refused_with_one_line():
     from pmsm_exp import fused
     from pmsm_exp.errors import UserError
-    with pytest.raises(UserError, match=r"^snn.kernels: got 'triton'; allowed: eager, compile$"):
+    with pytest.raises(UserError, match=r"^snn.kernels: got 'triton'; allowed: auto, eager, compile$"):
         fused.set_backend("triton")
+
+
+@pytest.mark.parametrize("choice, steps, missing, expected", [
+    ("auto", 999, "", "eager"),                        # short runs (tests, smoke runs) start at once
+    ("auto", 1000, "", "compile"),
+    ("auto", 10**6, "no C++ compiler (g++/clang++) on PATH", "eager"),
+    ("eager", 10**6, "", "eager"), ("compile", 1, "", "compile"),   # an explicit choice is kept
+])
+def test_auto_kernels_compile_only_long_runs_where_compiling_works(monkeypatch, choice, steps, missing, expected):
+    from pmsm_exp import fused
+    monkeypatch.setattr(fused, "compile_unavailable", lambda device: missing)
+    backend, why = fused.training_backend(choice, steps, "cpu")
+    assert backend == expected
+    assert (missing in why) if missing else why
+    assert fused.eval_backend(choice) == ("eager" if choice == "auto" else choice)
+
+
+def test_compile_unavailable_names_what_is_missing(monkeypatch):
+    from pmsm_exp import fused
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert "C++ compiler" in fused.compile_unavailable("cpu")
+    monkeypatch.setattr(fused.importlib.util, "find_spec", lambda name: None)
+    assert "Triton" in fused.compile_unavailable("cuda")
+
+
+def test_using_restores_the_previous_kernels():
+    from pmsm_exp import fused
+    assert fused.backend() == "eager"
+    with pytest.raises(RuntimeError):
+        with fused.using("compile"):
+            assert fused.backend() == "compile"
+            raise RuntimeError
+    assert fused.backend() == "eager"

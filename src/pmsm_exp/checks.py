@@ -98,8 +98,8 @@ def check_snn(cfg) -> None:
     one_of(cfg, "snn.readout", ("auto", *READOUTS))
     check_settings(cfg.snn.timesteps, ENCODINGS[0], READOUTS[0], cfg.snn.get("chunk"))  # snn.chunk: perf's rule
     if "kernels" in cfg.snn:
-        from pmsm_exp.fused import BACKENDS
-        one_of(cfg, "snn.kernels", BACKENDS)
+        from pmsm_exp.fused import CHOICES
+        one_of(cfg, "snn.kernels", CHOICES)
     if "fold_bn" in cfg.snn and not isinstance(cfg.snn.fold_bn, bool):
         fail("snn.fold_bn", cfg.snn.fold_bn, "must be true or false")
     if cfg.snn.neuron is not None:

@@ -19,11 +19,22 @@ the eager forms use in-place ops, `hardtanh_backward` as the one-pass select
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+from contextlib import contextmanager
+
 import torch
 
 from pmsm_exp.errors import UserError
 
 BACKENDS = ("eager", "compile")
+CHOICES = ("auto", *BACKENDS)      # snn.kernels
+# auto: training runs of at least this many optimizer steps compile the quantizer. Measured on
+# the 2-core CPU box (benchmarks/peer.py): compiling costs 5-25 s once per process, and saves
+# about a tenth of every ResNet-20 training step at batch 128 (some 35 ms), so it pays back
+# after roughly 700 steps; shorter runs (tests, smoke runs) stay eager and start at once.
+AUTO_COMPILE_STEPS = 1000
 _backend = "eager"
 _compiled: dict[str, object] = {}
 
@@ -32,12 +43,50 @@ def set_backend(name: str) -> None:
     """'eager' (default) or 'compile' (torch.compile of the kernels below)."""
     global _backend
     if name not in BACKENDS:
-        raise UserError(f"snn.kernels: got {name!r}; allowed: {', '.join(BACKENDS)}")
+        raise UserError(f"snn.kernels: got {name!r}; allowed: {', '.join(CHOICES)}")
     _backend = name
 
 
 def backend() -> str:
     return _backend
+
+
+@contextmanager
+def using(name: str):
+    """The kernels `name` inside the block, the previous ones after it."""
+    previous = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def eval_backend(choice: str) -> str:
+    """Evaluation and simulation: compiled AIF steps measured slower than the eager ones on
+    a CPU (benchmarks/README.md), so 'auto' evaluates eager; the values are the same."""
+    return "eager" if choice == "auto" else choice
+
+
+def compile_unavailable(device_type: str) -> str:
+    """'' when torch.compile can build kernels for this device here, else why not."""
+    if device_type == "cuda":
+        return "" if importlib.util.find_spec("triton") else "Triton is not installed"
+    compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    return "" if any(c and shutil.which(c) for c in compilers) else "no C++ compiler (g++/clang++) on PATH"
+
+
+def training_backend(choice: str, steps: int, device_type: str) -> tuple[str, str]:
+    """(the kernels for training, why): 'auto' compiles for runs of AUTO_COMPILE_STEPS or more
+    optimizer steps where torch.compile can work here, and stays eager otherwise."""
+    if choice != "auto":
+        return choice, f"snn.kernels={choice}"
+    if steps < AUTO_COMPILE_STEPS:
+        return "eager", f"auto: {steps} training steps < {AUTO_COMPILE_STEPS}, not worth compiling"
+    missing = compile_unavailable(device_type)
+    if missing:
+        return "eager", f"auto: {missing}"
+    return "compile", f"auto: {steps} training steps; the quantizer through torch.compile (same values)"
 
 
 def _kernel(name: str, eager_fn):
@@ -132,8 +181,10 @@ class PQAFunction(torch.autograd.Function):
     def backward(ctx, grad):
         if ctx.residual:
             (r,) = ctx.saved_tensors
-            grad_z = _select(grad, r, -1, 1) if ctx.needs_input_grad[0] else None
-            grad_threshold = (grad * r).sum() / ctx.levels if ctx.needs_input_grad[1] else None
+            # one buffer for both: g·r (summed for λ), then dz = g where |r| < 1 written over it
+            buffer = torch.mul(grad, r)
+            grad_threshold = buffer.sum() / ctx.levels if ctx.needs_input_grad[1] else None
+            grad_z = _select.grad_input(grad, r, -1, 1, grad_input=buffer) if ctx.needs_input_grad[0] else None
             return grad_z, grad_threshold, None, None, None
         z, theta = ctx.saved_tensors
         grad_z, per_element = _kernel("pqa_backward", _pqa_backward_eager)(grad, z, theta, ctx.lo, ctx.hi)

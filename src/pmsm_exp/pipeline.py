@@ -2,6 +2,7 @@
 train (QANN) -> convert -> simulate -> metrics.json, W&B and a terminal table."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -111,11 +112,24 @@ def snn_settings(cfg, model, pqa: dict) -> dict:
     readout = snn.readout if snn.readout != "auto" else ("mean" if encoding == "static" else "sum")
     settings = {"neuron": snn.neuron or pqa["neuron"], "timesteps": snn.timesteps,
                 "encoding": encoding, "readout": readout, "chunk": snn.get("chunk", "auto"),
-                "fold_bn": bool(snn.get("fold_bn", False)), "kernels": snn.get("kernels", "eager")}
+                "fold_bn": bool(snn.get("fold_bn", False)), "kernels": snn.get("kernels", "auto")}
     # checked before training, so a typo cannot cost a finished training run
     check_settings(settings["timesteps"], encoding, readout, settings["chunk"])
-    fused.set_backend(settings["kernels"])  # neuron choices: checks.py, before any work
+    fused.set_backend(fused.eval_backend(settings["kernels"]))  # neuron choices: checks.py, before any work
     return settings
+
+
+def training_kernels(cfg, datamodule) -> str:
+    """Sets the quantizer's kernels for training (snn.kernels; auto: compiled for long runs where
+    torch.compile works here) and says which, once."""
+    steps = int(cfg.epochs) * math.ceil(len(datamodule.train_set) / datamodule.batch_size)  # one process's
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    device = "cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu"
+    backend, why = fused.training_backend(cfg.snn.get("kernels", "auto"), steps, device)
+    fused.set_backend(backend)
+    if rank_zero_only.rank == 0:
+        print(f"training kernels: {backend} ({why})")
+    return backend
 
 
 # ---------------------------------------------------------------- evaluating
@@ -216,6 +230,7 @@ def train(cfg) -> dict:
     datamodule.setup("fit")
     model = build_model(cfg.model, pqa, datamodule.num_classes)
     snn_settings(cfg, model, pqa)
+    kernels = training_kernels(cfg, datamodule)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config["pqa"] = pqa
     optim = plain(cfg.optim)
@@ -239,7 +254,8 @@ def train(cfg) -> dict:
         ckpt_path = best[0]
         load_student(module, ckpt_path)
     results, settings = evaluate(cfg, module.model, datamodule, pqa, loggers)
-    return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": ckpt_path}), results, loggers)
+    return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": ckpt_path, "training_kernels": kernels}),
+                  results, loggers)
 
 
 def convert(cfg) -> dict:
