@@ -196,6 +196,36 @@ def test_other_overrides_split_rows_ignored_keys_do_not(tmp_path):
         ("vgg16", "data.train_subset=100 optim.lr=0.05 optim.x=(default)", 1)]
 
 
+def test_convert_rows_carry_their_training_runs_recipe(tmp_path):
+    logs = tmp_path / "logs"
+    recipe = ["epochs=15", "optim.lr=0.1", "trainer.precision=bf16-mixed"]
+    for seed in (1, 2):
+        fake_run(logs, f"train/multiruns/t1/epochs:15+seed:{seed}", "t1", seed=seed, overrides=recipe, snn_acc=(0.9,))
+    # published copies write Hydra's ':' as '=': the checkpoint paths (from the campaign's machine) still match
+    (logs / "train/multiruns/t1/epochs:15+seed:2").rename(logs / "train/multiruns/t1/epochs=15+seed=2")
+    for seed in (1, 2):
+        ckpt = f"/elsewhere/logs/train/multiruns/t1/epochs:15+seed:{seed}/checkpoints/last.ckpt"
+        fake_run(logs, f"convert/runs/{seed}", "t1", task="convert", seed=42, snn_acc=(0.9, 0.91, 0.92, 0.93),
+                 overrides=[f"ckpt_path={ckpt}", "trainer.precision=32-true"], extra={})
+        m = json.loads((logs / f"convert/runs/{seed}/metrics.json").read_text())
+        m["run"]["checkpoint"] = ckpt
+        (logs / f"convert/runs/{seed}/metrics.json").write_text(json.dumps(m))
+    # a convert run of a checkpoint from elsewhere keeps only its own overrides
+    fake_run(logs, "convert/runs/x", "t1", task="convert", overrides=["trainer.precision=32-true"],
+             extra={}, snn_acc=(0.5,))
+    rows = report.main(["accuracy", "--logs", str(logs), "--timesteps", "1", "2", "4", "--out", str(tmp_path / "o")])
+    settings = sorted({(r["settings"], r["n"]) for r in pick(rows, metric="ann_acc")})
+    assert settings == [
+        ("task=convert epochs=(default) optim.lr=(default) trainer.precision=32-true", 1),
+        ("task=convert epochs=15 optim.lr=0.1 trainer.precision=32-true", 2),   # both checkpoints, one row
+        ("task=train epochs=15 optim.lr=0.1 trainer.precision=bf16-mixed", 2)]
+    # rows only for the T a run simulated: the training rows stop at T=1, the convert rows at T=4
+    assert sorted((r["settings"].split()[0], r["T"]) for r in pick(rows, metric="snn_acc")
+                  if "0.1" in r["settings"]) == [("task=convert", 1), ("task=convert", 2), ("task=convert", 4),
+                                                 ("task=train", 1)]
+    assert all(r["ours"] is not None for r in rows)
+
+
 def test_energy_table_ratio_and_paper(tmp_path):
     logs = tmp_path / "logs"
     e = "table3_vgg16_cifar10"

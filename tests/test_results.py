@@ -53,3 +53,9 @@ def test_every_pmsm_run_agrees_with_its_qann_at_t1():
 
 def test_plot_is_published():
     assert (RESULTS / "table1_over_t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_published_paths_check_out_on_windows():
+    # Windows refuses these characters in file names (git cannot check such a path out there)
+    bad = [p for p in RESULTS.rglob("*") if any(c in p.relative_to(ROOT).as_posix() for c in ':*?"<>|\\')]
+    assert not bad, bad[:3]

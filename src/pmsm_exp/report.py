@@ -37,7 +37,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pmsm_exp.records import DIVERGED, FAILED, FINISHED, METRICS_FILE, RUNNING, read_metrics
 
@@ -55,6 +55,7 @@ NOT_SETTINGS = (
     "snn.neuron",            # the method column names a non-default neuron (pmsm+stbif)
     "snn.timesteps",         # how many steps are simulated; the value at each T is the same
     "snn.chunk",             # steps per call of the same simulation
+    "snn.kernels",           # eager or compiled kernels: the same arithmetic, the same values
     "data.num_workers", "data.data_dir", "data.download", "data.pin_memory", "data.persistent_workers",
     "trainer.accelerator", "trainer.strategy", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
@@ -188,12 +189,32 @@ def _overrides(record: dict) -> dict[str, str]:
     return out
 
 
-def settings(run: Run) -> dict[str, str]:
+def _portable(path: str) -> str:
+    """A run folder path as published: '/' separators, and ':' (Hydra's sweep folder names,
+    not allowed in Windows paths) as '=' (sweeps/publish_results.sh renames them so)."""
+    return path.replace("\\", "/").replace(":", "=")
+
+
+def trained_by(run: Run, runs: list[Run]) -> Run | None:
+    """For a convert run, the training run (among `runs`) whose folder holds the checkpoint it
+    evaluated, matched on the folder's path relative to the logs; else None."""
+    r = run.record
+    if r.get("task") != "convert" or not r.get("checkpoint"):
+        return None
+    folder = str(PurePosixPath(_portable(r["checkpoint"])).parent.parent)
+    return next((t for t in runs if t.record.get("task", "train") == "train" and t.rel != "."
+                 and (folder == _portable(t.rel) or folder.endswith("/" + _portable(t.rel)))), None)
+
+
+def settings(run: Run, trained: Run | None = None) -> dict[str, str]:
+    """The row's settings: the resolved quantizer and the overrides; a convert run also carries
+    its training run's overrides (the recipe behind its checkpoint), its own taking precedence."""
     r = run.record
     pqa = r.get("pqa") or {}
     fixed = {"task": r.get("task", "train"), "L": pqa.get("levels"), "alpha": pqa.get("alpha"),
              "beta": pqa.get("beta"), "lambda0": pqa.get("threshold")}
-    return {**{k: _text(v) for k, v in fixed.items()}, **dict(sorted(_overrides(r).items()))}
+    overrides = {**(_overrides(trained.record) if trained else {}), **_overrides(r)}
+    return {**{k: _text(v) for k, v in fixed.items()}, **dict(sorted(overrides.items()))}
 
 
 def _text(v) -> str:
@@ -228,7 +249,7 @@ def group_runs(sel: Selection) -> list[Group]:
     for run in sel.runs:
         r = run.record
         key = (str(r.get("experiment")), str(r.get("model")), str(r.get("data")), str(r.get("method")),
-               tuple(settings(run).items()))
+               tuple(settings(run, trained_by(run, sel.runs)).items()))
         groups[key].append(run)
     out = []
     for (experiment, model, data, method, sett), runs in groups.items():
@@ -408,6 +429,8 @@ def build_table(kind: str, groups: list[Group], timesteps: list[int], param: str
                 pv, source = (p, f"{paper_tables(kind, g.experiment)[0]}: from the printed powers") if p else (None, "")
             else:
                 mean, std, count = means[id(g), metric, t]
+                if count == 0:   # no run of the row has it (a T it did not simulate): no row
+                    continue
                 pvalue = paper_value(paper, kind, g, metric, t)
                 pv, source = (pvalue.value, pvalue.source) if pvalue else (None, "")
             row = {"experiment": g.experiment, "model": g.model, "data": g.data, "method": g.method}
