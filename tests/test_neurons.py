@@ -58,6 +58,23 @@ def test_reset_between_batches():
     assert len(n.spike_counts) == 1
 
 
+@pytest.mark.parametrize("int_mm", [True, False])
+def test_spike_counts_with_and_without_the_int8_product(monkeypatch, int_mm):
+    # 8 x 4 x 4 neurons per sample: the int8 matrix-product path when torch has _int_mm (a private
+    # op), else the float path; both must count what a plain sum counts
+    if not int_mm:
+        monkeypatch.delattr(torch, "_int_mm", raising=False)
+    g = torch.Generator().manual_seed(3)
+    theta = torch.tensor(0.25)
+    currents = torch.randn(3, 5, 8, 4, 4, generator=g) * 1.5
+    spikes_ref, _ = reference_aif(currents, theta, -4, 8)
+    n = aif_neuron(theta, min_level=-4, max_level=8)
+    assert torch.equal(run(n, currents), spikes_ref)
+    assert (spikes_ref < 0).any() and (spikes_ref == 0).any() and (spikes_ref > 1).any()
+    assert torch.equal(n.spike_counts, spikes_ref.abs().sum(dim=(1, 2, 3, 4), dtype=torch.float64))
+    assert torch.equal(n.spike_events, (spikes_ref != 0).sum(dim=(1, 2, 3, 4)))
+
+
 def test_if_neuron_one_positive_spike_of_threshold():
     n = if_neuron(torch.tensor(2.0))
     n.steps = 3
