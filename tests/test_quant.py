@@ -200,6 +200,7 @@ def test_kernel_backend_refused_with_one_line():
 def test_auto_kernels_compile_only_long_runs_where_compiling_works(monkeypatch, choice, steps, missing, expected):
     from pmsm_exp import fused
     monkeypatch.setattr(fused, "compile_unavailable", lambda device: missing)
+    monkeypatch.setattr(fused, "compile_fails", lambda device: "")
     backend, why = fused.training_backend(choice, steps, "cpu")
     assert backend == expected
     assert (missing in why) if missing else why
@@ -223,3 +224,19 @@ def test_using_restores_the_previous_kernels():
             assert fused.backend() == "compile"
             raise RuntimeError
     assert fused.backend() == "eager"
+
+
+def test_auto_kernels_stay_eager_where_compiling_fails(monkeypatch):
+    from pmsm_exp import fused
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("C++ compile error\nfatal error: Python.h: No such file or directory")
+        return run
+
+    monkeypatch.setattr(fused, "compile_unavailable", lambda device: "")
+    monkeypatch.setattr(fused.torch, "compile", broken)
+    monkeypatch.setattr(fused, "_compiled", {})
+    backend, why = fused.training_backend("auto", 10**6, "cpu")
+    assert backend == "eager" and "torch.compile failed here (RuntimeError: C++ compile error)" in why
+    assert fused.backend() == "eager" and fused._compiled == {}

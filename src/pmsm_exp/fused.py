@@ -83,10 +83,26 @@ def training_backend(choice: str, steps: int, device_type: str) -> tuple[str, st
         return choice, f"snn.kernels={choice}"
     if steps < AUTO_COMPILE_STEPS:
         return "eager", f"auto: {steps} training steps < {AUTO_COMPILE_STEPS}, not worth compiling"
-    missing = compile_unavailable(device_type)
+    missing = compile_unavailable(device_type) or compile_fails(device_type)
     if missing:
         return "eager", f"auto: {missing}"
     return "compile", f"auto: {steps} training steps; the quantizer through torch.compile (same values)"
+
+
+def compile_fails(device_type: str) -> str:
+    """'' when the compiled quantizer builds and runs here (forward and backward on a small
+    tensor, the compilation training would do anyway), else the error's first line: a compiler
+    without Python's headers, say, must not end a long run at its first step."""
+    z = torch.linspace(-3, 3, 2 * 3 * 4 * 4, device=device_type).reshape(2, 3, 4, 4).requires_grad_()
+    threshold = torch.tensor(2.0, device=device_type, requires_grad=True)
+    try:
+        with using("compile"):
+            pqa(z, threshold, 4, -1, 4).sum().backward()
+    except Exception as err:  # noqa: BLE001 (inductor raises many kinds: compiler, linker, import)
+        _compiled.clear()
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        return f"torch.compile failed here ({type(err).__name__}: {lines[0] if lines else ''})"[:300]
+    return ""
 
 
 def _kernel(name: str, eager_fn):
