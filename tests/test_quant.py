@@ -237,6 +237,71 @@ def test_auto_kernels_stay_eager_where_compiling_fails(monkeypatch):
     monkeypatch.setattr(fused, "compile_unavailable", lambda device: "")
     monkeypatch.setattr(fused.torch, "compile", broken)
     monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "failures", {})
     backend, why = fused.training_backend("auto", 10**6, "cpu")
     assert backend == "eager" and "torch.compile failed here (RuntimeError: C++ compile error)" in why
-    assert fused.backend() == "eager" and fused._compiled == {}
+    assert fused.backend() == "eager"
+
+
+def test_a_failing_compiled_kernel_falls_back_to_the_same_values(monkeypatch):
+    # an explicit snn.kernels=compile whose kernel fails mid-run: one warning, then the eager
+    # kernels, whose values are the formula's
+    from pmsm_exp import fused
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("FailOnRecompileLimitHit: Hard failure due to fullgraph=True")
+        return run
+
+    monkeypatch.setattr(fused.torch, "compile", broken)
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "failures", {})
+    z, g = random_inputs(8, -0.25, 1.0, 2.5, seed=4)
+    with fused.using("compile"), pytest.warns(UserWarning, match="compiled pqa_forward kernel failed"):
+        out, grad_z, grad_lam = fused_run(8, -0.25, 1.0, 2.5, z, g)
+    assert set(fused.failures) == {"pqa_forward", "pqa_backward"}
+    ref_out, ref_z, ref_lam = formula(z, torch.tensor(2.5), 8, -2, 8, g)
+    assert torch.equal(out, ref_out) and torch.equal(grad_z, ref_z) and torch.equal(grad_lam, ref_lam)
+
+
+@pytest.mark.slow   # torch.compile: seconds of compilation on a CPU
+def test_compiled_quantizer_any_layout_bit_for_bit_without_recompiling_per_shape():
+    # a ViT's transposed 3-D views, channels_last and plain 4-D tensors, 2-D: one flat graph serves
+    # them all (no recompile limit hit, no fallback), with the formula's values and gradients
+    from pmsm_exp import fused
+    gen = torch.Generator().manual_seed(5)
+    cases = [torch.randn(4, 6, 5, generator=gen).transpose(1, 2),
+             torch.randn(3, 8, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last),
+             torch.randn(3, 8, 5, 5, generator=gen), torch.randn(7, 9, generator=gen)[:, ::2],
+             torch.randn(2, 3, 4, 4, 2, generator=gen)]
+    fused.failures.clear()
+    try:
+        fused.set_backend("compile")
+        for z in cases:
+            z = z * 4
+            g = torch.randn(z.shape, generator=gen)
+            if z.dim() == 3:   # a gradient in the activation's own layout takes the compiled backward
+                g = g.transpose(1, 2).contiguous().transpose(1, 2)
+            out, grad_z, grad_lam = fused_run(8, -0.25, 1.0, 2.5, z, g)
+            ref_out, ref_z, ref_lam = formula(z, torch.tensor(2.5), 8, -2, 8, g)
+            assert torch.equal(out, ref_out) and torch.equal(grad_z, ref_z) and torch.equal(grad_lam, ref_lam)
+            assert out.stride() == z.stride() or fused._dense_order(z) is None
+    finally:
+        fused.set_backend("eager")
+    assert fused.failures == {}
+
+
+@pytest.mark.parametrize("levels, alpha, beta, lam", [(8, -0.25, 1.0, 2.5), (16, 0.0, 1.0, 8.0)])
+def test_eager_quantizer_bit_for_bit_when_activation_and_gradient_layouts_differ(levels, alpha, beta, lam):
+    # channels_last activations with a contiguous upstream gradient (and the reverse): λ's gradient
+    # is a sum whose order follows the layout of g·(...), so the kernels must lay it out as the
+    # formula does; PMSM (saved residual) and QCFS (recomputed from z) paths
+    gen = torch.Generator().manual_seed(levels)
+    lo, hi = round(alpha * levels), round(beta * levels)
+    z = torch.randn(4, 8, 6, 6, generator=gen) * lam
+    g = torch.randn(4, 8, 6, 6, generator=gen)
+    cl = torch.channels_last
+    for zz, gg in ((z.contiguous(memory_format=cl), g), (z, g.contiguous(memory_format=cl))):
+        out, grad_z, grad_lam = fused_run(levels, alpha, beta, lam, zz, gg)
+        ref_out, ref_z, ref_lam = formula(zz, torch.tensor(lam), levels, lo, hi, gg)
+        assert torch.equal(out, ref_out) and torch.equal(grad_z, ref_z) and torch.equal(grad_lam, ref_lam)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -95,24 +96,71 @@ def compile_fails(device_type: str) -> str:
     without Python's headers, say, must not end a long run at its first step."""
     z = torch.linspace(-3, 3, 2 * 3 * 4 * 4, device=device_type).reshape(2, 3, 4, 4).requires_grad_()
     threshold = torch.tensor(2.0, device=device_type, requires_grad=True)
-    try:
-        with using("compile"):
-            pqa(z, threshold, 4, -1, 4).sum().backward()
-    except Exception as err:  # noqa: BLE001 (inductor raises many kinds: compiler, linker, import)
-        _compiled.clear()
-        lines = [line for line in str(err).splitlines() if line.strip()]
-        return f"torch.compile failed here ({type(err).__name__}: {lines[0] if lines else ''})"[:300]
-    return ""
+    with using("compile"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the failure is reported as auto's reason instead
+        pqa(z, threshold, 4, -1, 4).sum().backward()
+    failed = [failures[name] for name in ("pqa_forward", "pqa_backward") if name in failures]
+    return f"torch.compile failed here ({failed[0]})"[:300] if failed else ""
 
 
-def _kernel(name: str, eager_fn):
-    """The compiled form of `eager_fn` when the backend is 'compile', else `eager_fn`."""
-    if _backend == "eager":
-        return eager_fn
+# The compiled kernels see every tensor as one flat, dense run of memory ([N], or [steps, N] for
+# the neuron): one graph whatever the rank, layout (channels_last, a ViT's transposed views) or
+# size, so models with many activation shapes do not run into torch.compile's recompile limit.
+def _dense_order(t: torch.Tensor) -> list[int] | None:
+    """The dimension order in which `t` is one dense block (a permuted contiguous tensor), or None."""
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    return order if t.permute(order).is_contiguous() else None
+
+
+def _flat(t: torch.Tensor, order: list[int], lead: int = 0) -> torch.Tensor:
+    """`t` read in `order`, as [N] (lead=0) or [t.shape[0], N] (lead=1): a view when dense in that order."""
+    t = t.permute(order)
+    return t.reshape(*t.shape[:lead], -1).detach()   # detached last: no `_base` for the compiler to guard on
+
+
+def _unflat(flat: torch.Tensor, shape, order: list[int]) -> torch.Tensor:
+    """The inverse of _flat: the values back in `shape`, laid out as the input was."""
+    return flat.view([shape[d] for d in order]).permute(sorted(range(len(order)), key=order.__getitem__))
+
+
+def _compiled_call(name: str, eager_fn, *args):
+    """The compiled kernel `name` on `args`; if compiling or running it fails, a warning and the
+    eager kernel from then on (same arithmetic, so the same values), not a failed run."""
     fn = _compiled.get(name)
     if fn is None:
         fn = _compiled[name] = torch.compile(_COMPILABLE[name], dynamic=True, fullgraph=True)
-    return fn
+    if name not in failures:
+        try:
+            return fn(*args)
+        except Exception as err:  # noqa: BLE001 (inductor raises many kinds: compiler, linker, limits)
+            first = next((line for line in str(err).splitlines() if line.strip()), "")
+            failures[name] = f"{type(err).__name__}: {first[:200]}"
+            warnings.warn(f"snn.kernels: the compiled {name} kernel failed ({failures[name]}); "
+                          "using the eager kernel, which computes the same values")
+    return eager_fn(*args)
+
+
+failures: dict[str, str] = {}   # kernel name -> why its compiled form failed (it then runs eager)
+
+
+def _pqa_forward(z, theta, lo: int, hi: int):
+    order = None if _backend == "eager" else _dense_order(z)
+    if order is None:
+        return _pqa_forward_eager(z, theta, lo, hi)
+    out = _compiled_call("pqa_forward", _pqa_forward_eager, _flat(z, order), theta.detach(), lo, hi)
+    return _unflat(out, z.shape, order)
+
+
+def _pqa_backward(g, z, theta, lo: int, hi: int):
+    """(dz, the per-element dθ flat in memory order: only ever summed). The compiled kernel only
+    when g and z share one dense layout: the eager g·(...) would otherwise be laid out (and so
+    summed, for λ) in an order of TensorIterator's choosing, and λ's gradient must keep its bits."""
+    order = None if _backend == "eager" or g.stride() != z.stride() else _dense_order(z)
+    if order is None:
+        return _pqa_backward_eager(g, z, theta, lo, hi)
+    grad_z, per_element = _compiled_call("pqa_backward", _pqa_backward_eager,
+                                         _flat(g, order), _flat(z, order), theta.detach(), lo, hi)
+    return _unflat(grad_z, z.shape, order), per_element
 
 
 # ---------------------------------------------------------------- the quantizer (PQA)
@@ -146,7 +194,10 @@ def _pqa_backward_eager(g, z, theta, lo: int, hi: int):
     # torch.where with a mask costs several times more on CPU). A NaN z passes g (the formula: 0).
     grad_z = _select(g, k, lo - 1, hi + 1)
     w = _select.grad_input(q, k, lo - 1, hi + 1, grad_input=q)   # where(inside, q, 0), in place
-    grad_theta = k.clamp_(lo, hi).sub_(w).mul_(g)
+    per_element = k.clamp_(lo, hi).sub_(w)
+    # laid out as g·(...) would be (g decides where the layouts differ), so its sum for λ runs in
+    # the formula's order
+    grad_theta = per_element.mul_(g) if g.stride() == per_element.stride() else torch.mul(g, per_element)
     return grad_z, grad_theta
 
 
@@ -191,7 +242,7 @@ class PQAFunction(torch.autograd.Function):
             ctx.save_for_backward(r)
             return out
         ctx.save_for_backward(z, theta)
-        return _kernel("pqa_forward", _pqa_forward_eager)(z, theta, lo, hi)
+        return _pqa_forward(z, theta, lo, hi)
 
     @staticmethod
     def backward(ctx, grad):
@@ -203,7 +254,7 @@ class PQAFunction(torch.autograd.Function):
             grad_z = _select.grad_input(grad, r, -1, 1, grad_input=buffer) if ctx.needs_input_grad[0] else None
             return grad_z, grad_threshold, None, None, None
         z, theta = ctx.saved_tensors
-        grad_z, per_element = _kernel("pqa_backward", _pqa_backward_eager)(grad, z, theta, ctx.lo, ctx.hi)
+        grad_z, per_element = _pqa_backward(grad, z, theta, ctx.lo, ctx.hi)
         grad_threshold = per_element.sum() / ctx.levels if ctx.needs_input_grad[1] else None
         return (grad_z if ctx.needs_input_grad[0] else None), grad_threshold, None, None, None
 
@@ -211,7 +262,7 @@ class PQAFunction(torch.autograd.Function):
 def pqa(z: torch.Tensor, threshold: torch.Tensor, levels: int, lo: int, hi: int) -> torch.Tensor:
     if torch.is_grad_enabled() and (z.requires_grad or threshold.requires_grad):
         return PQAFunction.apply(z, threshold, levels, lo, hi)
-    return _kernel("pqa_forward", _pqa_forward_eager)(z, threshold / levels, lo, hi)
+    return _pqa_forward(z, threshold / levels, lo, hi)
 
 
 # ---------------------------------------------------------------- the AIF neuron
@@ -251,10 +302,14 @@ def _aif_steps_eager(currents, membrane, theta, lo: int, hi: int, init: float, k
 
 
 def aif_steps(currents, membrane, theta, lo: int, hi: int, init: float, keep: bool = True):
-    if _backend == "eager":
+    order = None if _backend == "eager" else _dense_order(currents)
+    if order is None or order[0] != 0 or (membrane is not None and membrane.stride() != currents[0].stride()):
         return _aif_steps_eager(currents, membrane, theta, lo, hi, init, keep)
-    spikes, membrane = _kernel("aif_steps", _aif_steps_eager)(currents, membrane, theta, lo, hi, init)
-    return spikes, (membrane if keep else None)
+    flat_membrane = None if membrane is None else _flat(membrane, [d - 1 for d in order[1:]])
+    spikes, membrane = _compiled_call("aif_steps", _aif_steps_eager, _flat(currents, order, lead=1),
+                                      flat_membrane, theta.detach(), lo, hi, init)
+    spikes = _unflat(spikes, currents.shape, order)
+    return spikes, (_unflat(membrane, currents.shape[1:], [d - 1 for d in order[1:]]) if keep else None)
 
 
 _COMPILABLE = {"pqa_forward": _pqa_forward_pure, "pqa_backward": _pqa_backward_pure,
