@@ -153,8 +153,12 @@ def test_convert_uses_the_training_checkpoint_artifact(sweep):
 def test_sync_plan_lists_runs_and_lineage(sweep):
     from pmsm_exp.tracking import sync
     plan = sync([sweep["sweep_dir"], sweep["convert_dir"]], dry_run=True)
-    train_dirs = [str(r.dir.resolve()) for r in sweep["train"]]
-    assert plan[0] == f"wandb sync {' '.join(train_dirs)} {sweep['convert'].dir.resolve()}"  # training runs first
+    train_dirs = {str(r.dir.resolve()) for r in sweep["train"]}
+    words = plan[0].split(" ")
+    # training runs first (in start-time order, which two jobs started in the same second leave open), then
+    # the convert run that uses their checkpoint artifact
+    assert words[:2] == ["wandb", "sync"] and len(words) == 5
+    assert set(words[2:4]) == train_dirs and words[4] == str(sweep["convert"].dir.resolve())
     assert plan[1:] == [f"link pmsm-exp/{sweep['convert'].run.run_id} uses checkpoint-{sweep['train'][0].run.run_id}:last"]
 
 
