@@ -24,7 +24,7 @@ from pmsm_exp.folding import fold_batchnorm
 from pmsm_exp.lit import EvalModule, QANNModule, shard_test_loader
 from pmsm_exp.models import create_model
 from pmsm_exp.preemption import Resumable
-from pmsm_exp.quant import make_activation
+from pmsm_exp.quant import make_activation, pqa_layers
 from pmsm_exp.simulate import check_settings
 
 # ---------------------------------------------------------------- building
@@ -119,13 +119,17 @@ def snn_settings(cfg, model, pqa: dict) -> dict:
     return settings
 
 
-def training_kernels(cfg, datamodule) -> str:
+def training_kernels(cfg, datamodule, model) -> str:
     """Sets the quantizer's kernels for training (snn.kernels; auto: compiled for long runs where
     torch.compile works here) and says which, once."""
     steps = int(cfg.epochs) * math.ceil(len(datamodule.train_set) / datamodule.batch_size)  # one process's
     accelerator = str(cfg.trainer.get("accelerator", "cpu"))
     device = "cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu"
-    backend, why = fused.training_backend(cfg.snn.get("kernels", "auto"), steps, device)
+    choice = cfg.snn.get("kernels", "auto")
+    if choice == "auto" and not pqa_layers(model):   # a float (ReLU) ANN: nothing to compile
+        backend, why = "eager", "auto: the model has no quantizer"
+    else:
+        backend, why = fused.training_backend(choice, steps, device)
     fused.set_backend(backend)
     if rank_zero_only.rank == 0:
         print(f"training kernels: {backend} ({why})")
@@ -230,7 +234,7 @@ def train(cfg) -> dict:
     datamodule.setup("fit")
     model = build_model(cfg.model, pqa, datamodule.num_classes)
     snn_settings(cfg, model, pqa)
-    kernels = training_kernels(cfg, datamodule)
+    kernels = training_kernels(cfg, datamodule, model)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config["pqa"] = pqa
     optim = plain(cfg.optim)
