@@ -9,7 +9,9 @@
 One row per setting and metric. Runs are grouped by experiment, task, model, data,
 method, the resolved quantizer (L, alpha, beta, lambda0) and every other override
 given on the command line, except the seed and keys that cannot change a result
-(NOT_SETTINGS). Seeds are the replicates (for convert runs: the checkpoints),
+(NOT_SETTINGS); a convert run also carries the overrides of the training run whose
+checkpoint it simulated, when that run is under --logs. Rows appear only for the T
+values some run of the row simulated. Seeds are the replicates (for convert runs: the checkpoints),
 reported as mean ± std with their count n; a rerun of the same seed counts once
 (the newest). Beside each number: the paper's figure (paper_results.csv, with the
 table and row it came from) and ours - paper. Every run not counted is listed
