@@ -74,8 +74,8 @@ def formula(z, lam, levels, lo, hi, g):
     return kc * theta, grad_z, grad_lam
 
 
-def fused_run(levels, alpha, beta, lam, z, g):
-    q = PQA(levels, alpha, beta, lam)
+def fused_run(levels, alpha, beta, lam, z, g, dtype=torch.float32):
+    q = PQA(levels, alpha, beta, lam).to(dtype)
     z = z.clone().requires_grad_()
     out = q(z)
     out.backward(g)
@@ -170,17 +170,23 @@ def test_threshold_gradient_is_the_derivative():
 
 
 @pytest.mark.slow   # torch.compile: tens of seconds of compilation on a CPU
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])   # bf16: bf16-mixed training's activations
 @pytest.mark.parametrize("levels, alpha, beta, lam", FUSED_CASES[:3])
-def test_compiled_quantizer_equals_formula_bit_for_bit(levels, alpha, beta, lam):
+def test_compiled_quantizer_equals_formula_bit_for_bit(levels, alpha, beta, lam, dtype):
     from pmsm_exp import fused
     z, g = random_inputs(levels, alpha, beta, lam, seed=levels)
+    z, g = z.to(dtype), g.to(dtype)
     lo, hi = round(alpha * levels), round(beta * levels)
+    theta = torch.tensor(lam, dtype=dtype) / levels
     fused.set_backend("compile")
     try:
-        out, grad_z, grad_lam = fused_run(levels, alpha, beta, lam, z, g)
+        out, grad_z, grad_lam = fused_run(levels, alpha, beta, lam, z, g, dtype)
+        per_element = fused._pqa_backward(g, z, theta, lo, hi)[1]
     finally:
         fused.set_backend("eager")
-    ref_out, ref_z, ref_lam = formula(z, torch.tensor(lam), levels, lo, hi, g)
+    # each element's dθ too (a bfloat16 sum can hide a difference in a few of them)
+    assert torch.equal(per_element.reshape(-1), fused._pqa_backward_eager(g, z, theta, lo, hi)[1].reshape(-1))
+    ref_out, ref_z, ref_lam = formula(z, torch.tensor(lam, dtype=dtype), levels, lo, hi, g)
     assert torch.equal(out, ref_out) and torch.equal(grad_z, ref_z) and torch.equal(grad_lam, ref_lam)
 
 

@@ -128,7 +128,10 @@ def _compiled_call(name: str, eager_fn, *args):
     eager kernel from then on (same arithmetic, so the same values), not a failed run."""
     fn = _compiled.get(name)
     if fn is None:
-        fn = _compiled[name] = torch.compile(_COMPILABLE[name], dynamic=True, fullgraph=True)
+        # emulate_precision_casts: round every intermediate to the input's dtype, as eager ops do
+        # (inductor otherwise keeps bfloat16/float16 intermediates in float32: other bits)
+        fn = _compiled[name] = torch.compile(_COMPILABLE[name], dynamic=True, fullgraph=True,
+                                             options={"emulate_precision_casts": True})
     if name not in failures:
         try:
             return fn(*args)
