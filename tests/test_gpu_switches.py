@@ -276,9 +276,10 @@ def test_short_training_run_keeps_the_eager_kernels(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow   # torch.compile: 5-25 s of compilation on a CPU
-def test_auto_kernels_train_compiled_bit_for_bit_like_eager_and_evaluate_eager(tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_auto_kernels_train_compiled_bit_for_bit_like_eager_and_evaluate_eager(tmp_path, monkeypatch, precision):
     from pmsm_exp import fused
-    steps = [*TINY, "epochs=2", "data.train_size=96", "trainer.deterministic=true"]
+    steps = [*TINY, "epochs=2", "data.train_size=96", "trainer.deterministic=true", f"trainer.precision={precision}"]
     eager = run_script("train", [*steps, "snn.kernels=eager"], tmp_path / "eager", monkeypatch)
     monkeypatch.setattr(fused, "AUTO_COMPILE_STEPS", 4)   # this run's 6 steps count as a long run
     if fused.compile_unavailable("cpu"):
