@@ -211,6 +211,9 @@ def test_auto_kernels_compile_only_long_runs_where_compiling_works(monkeypatch, 
     assert backend == expected
     assert (missing in why) if missing else why
     assert fused.eval_backend(choice) == ("eager" if choice == "auto" else choice)
+    mixed, why_mixed = fused.training_backend(choice, steps, "cpu", "bf16-mixed")
+    assert mixed == ("eager" if choice == "auto" else choice)
+    assert choice != "auto" or "float32" in why_mixed
 
 
 def test_compile_unavailable_names_what_is_missing(monkeypatch):

@@ -129,7 +129,7 @@ def training_kernels(cfg, datamodule, model) -> str:
     if choice == "auto" and not pqa_layers(model):   # a float (ReLU) ANN: nothing to compile
         backend, why = "eager", "auto: the model has no quantizer"
     else:
-        backend, why = fused.training_backend(choice, steps, device)
+        backend, why = fused.training_backend(choice, steps, device, cfg.trainer.get("precision", "32-true"))
     fused.set_backend(backend)
     if rank_zero_only.rank == 0:
         print(f"training kernels: {backend} ({why})")
