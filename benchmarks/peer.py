@@ -27,12 +27,13 @@ import io
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from timing import interleaved   # benchmarks/timing.py (this script's folder is on sys.path)
 
 from pmsm_exp import fused
 from pmsm_exp.conversion import convert_to_snn
@@ -43,11 +44,6 @@ from pmsm_exp.simulate import simulate
 TIMESTEPS = (1, 8, 32)
 ACC_TIMESTEPS = (1, 2, 4, 8, 16, 32)
 NPZ = Path("/work/shared/data/cifar10/cifar10-jpeg-q75.npz")
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def spikingjelly():
@@ -145,17 +141,10 @@ def throughput(args, device) -> dict:
         if ours_fold is not None:
             cases[f"ours_fold_T{T}"] = lambda T=T: sim(ours_fold, x, T)
         cases[f"sj_T{T}"] = lambda T=T: sj_run(theirs, x, T)
-    times = {k: [] for k in cases}
     for fn in cases.values():   # warm-up (allocator, oneDNN/cuDNN choices)
         fn()
-    for r in range(args.rounds):
-        for name, fn in cases.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-        print(f"round {r + 1}/{args.rounds} done", flush=True)
+    times = interleaved(cases, args.rounds, device,
+                        on_round=lambda r: print(f"round {r}/{args.rounds} done", flush=True))
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = []
     for T in TIMESTEPS:

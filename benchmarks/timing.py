@@ -13,14 +13,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(cases: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, list[float]]:
-    """Seconds per call of each case, one call of every case per round."""
+def interleaved(cases: dict[str, Callable[[], None]], rounds: int, device: torch.device,
+                on_round: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+    """Seconds per call of each case, one call of every case per round; `on_round(r)` after round r
+    (1-based), e.g. to show progress."""
     times = {name: [] for name in cases}
-    for _ in range(rounds):
+    for r in range(rounds):
         for name, fn in cases.items():
             sync(device)
             t0 = time.perf_counter()
             fn()
             sync(device)
             times[name].append(time.perf_counter() - t0)
+        if on_round is not None:
+            on_round(r + 1)
     return times

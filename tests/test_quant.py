@@ -235,18 +235,24 @@ def test_using_restores_the_previous_kernels():
     assert fused.backend() == "eager"
 
 
-def test_auto_kernels_stay_eager_where_compiling_fails(monkeypatch):
+def break_torch_compile(monkeypatch, message):
+    """torch.compile as seen by fused.py: every compiled kernel raises `message` when called."""
     from pmsm_exp import fused
 
     def broken(fn, **kwargs):
         def run(*args):
-            raise RuntimeError("C++ compile error\nfatal error: Python.h: No such file or directory")
+            raise RuntimeError(message)
         return run
 
-    monkeypatch.setattr(fused, "compile_unavailable", lambda device: "")
     monkeypatch.setattr(fused.torch, "compile", broken)
     monkeypatch.setattr(fused, "_compiled", {})
     monkeypatch.setattr(fused, "failures", {})
+
+
+def test_auto_kernels_stay_eager_where_compiling_fails(monkeypatch):
+    from pmsm_exp import fused
+    monkeypatch.setattr(fused, "compile_unavailable", lambda device: "")
+    break_torch_compile(monkeypatch, "C++ compile error\nfatal error: Python.h: No such file or directory")
     backend, why = fused.training_backend("auto", 10**6, "cpu")
     assert backend == "eager" and "torch.compile failed here (RuntimeError: C++ compile error)" in why
     assert fused.backend() == "eager"
@@ -256,15 +262,7 @@ def test_a_failing_compiled_kernel_falls_back_to_the_same_values(monkeypatch):
     # an explicit snn.kernels=compile whose kernel fails mid-run: one warning, then the eager
     # kernels, whose values are the formula's
     from pmsm_exp import fused
-
-    def broken(fn, **kwargs):
-        def run(*args):
-            raise RuntimeError("FailOnRecompileLimitHit: Hard failure due to fullgraph=True")
-        return run
-
-    monkeypatch.setattr(fused.torch, "compile", broken)
-    monkeypatch.setattr(fused, "_compiled", {})
-    monkeypatch.setattr(fused, "failures", {})
+    break_torch_compile(monkeypatch, "FailOnRecompileLimitHit: Hard failure due to fullgraph=True")
     z, g = random_inputs(8, -0.25, 1.0, 2.5, seed=4)
     with fused.using("compile"), pytest.warns(UserWarning, match="compiled pqa_forward kernel failed"):
         out, grad_z, grad_lam = fused_run(8, -0.25, 1.0, 2.5, z, g)
