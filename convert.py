@@ -5,8 +5,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from pmsm_exp import pipeline
-from pmsm_exp.cli import job
+from pmsm_exp.jobs import pipeline
+from pmsm_exp.jobs.wrapper import job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="convert")

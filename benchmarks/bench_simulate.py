@@ -10,10 +10,10 @@ import time
 
 import torch
 
-from pmsm_exp.conversion import convert_to_snn
+from pmsm_exp.snn import convert_to_snn
 from pmsm_exp.models import create_model
 from pmsm_exp.quant import make_activation
-from pmsm_exp.simulate import simulate
+from pmsm_exp.snn import simulate
 
 
 def timed(fn, repeats: int, device: str) -> float:

@@ -7,7 +7,7 @@ against pure compute on a batch already on the device (issue 11: target <= 1.15x
 
 Both paths run the same training step (SGD, cross-entropy) with the settings of trainer=gpu:
 bf16 autocast (--precision 32 for float32) and channels_last (--no-channels-last), through
-pmsm_exp.speed, as QANNModule does. The data path is data.on_device: the uint8 training set
+pmsm_exp.engine.switches, as QANNModule does. The data path is data.on_device: the uint8 training set
 on the device, shuffled, cropped with padding 4, flipped (and Cutout with --cutout) there per
 batch (pmsm_exp.data.DeviceLoader); pure compute feeds one fixed normalised batch. Random
 uint8 images unless --data-dir holds CIFAR-10 (the cost does not depend on the pixels).
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # benchmarks/timing.py, also when loaded by path
 from timing import interleaved  # noqa: E402
 
-from pmsm_exp import speed
+from pmsm_exp.engine import switches as speed
 from pmsm_exp.data import CIFAR10DataModule
 from pmsm_exp.data.common import ArrayDataset
 from pmsm_exp.models import create_model

@@ -22,9 +22,9 @@ same script measures an older checkout (PYTHONPATH=old/src) for before/after tab
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
+import os
 import platform
 import statistics
 from pathlib import Path
@@ -35,15 +35,27 @@ import torch.nn.functional as F
 
 from timing import interleaved   # benchmarks/timing.py (this script's folder is on sys.path)
 
-from pmsm_exp import fused
-from pmsm_exp.conversion import convert_to_snn
+from pmsm_exp.quant import kernels as fused, use_kernels
+from pmsm_exp.snn import convert_to_snn, fold_batchnorm
 from pmsm_exp.models import create_model
 from pmsm_exp.quant import make_activation
-from pmsm_exp.simulate import simulate
+from pmsm_exp.snn import simulate
 
 TIMESTEPS = (1, 8, 32)
 ACC_TIMESTEPS = (1, 2, 4, 8, 16, 32)
-NPZ = Path("/work/shared/data/cifar10/cifar10-jpeg-q75.npz")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def npz_file() -> Path:
+    """The shared JPEG copy of CIFAR-10: in $PMSM_DATA_DIR if it is there, else in the repository's
+    sibling folder shared/ (never a path of one machine)."""
+    name = Path("cifar10") / "cifar10-jpeg-q75.npz"
+    candidates = [Path(os.environ[k]) / name for k in ("PMSM_DATA_DIR",) if os.environ.get(k)]
+    candidates += [REPO.parent / "shared" / "data" / name]
+    return next((p for p in candidates if p.is_file()), candidates[-1])
+
+
+NPZ = npz_file()
 
 
 def spikingjelly():
@@ -75,10 +87,6 @@ def sj_run(snn, x, timesteps: int) -> list[torch.Tensor]:
 
 
 def maybe_fold(qann, x):
-    try:
-        from pmsm_exp.folding import fold_batchnorm
-    except ImportError:   # an older checkout without snn.fold_bn
-        return None
     return fold_batchnorm(qann, x[:1])[0]
 
 
@@ -87,20 +95,9 @@ def sim(snn, x, T):
 
 
 # ---------------------------------------------------------------- throughput
-@contextlib.contextmanager
-def kernels_for(name: str):
-    """fused.using (also for an older pmsm_exp on PYTHONPATH, which lacks it)."""
-    previous = fused.backend()
-    fused.set_backend(name)
-    try:
-        yield
-    finally:
-        fused.set_backend(previous)
-
-
 def throughput(args, device) -> dict:
     torch.manual_seed(0)
-    qann = create_model("resnet20", 10, make_activation("pqa")).to(device).eval()
+    qann = use_kernels(create_model("resnet20", 10, make_activation("pqa")).to(device).eval(), args.kernels)
     relu = create_model("resnet20", 10, torch.nn.ReLU).to(device).eval()
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     calib = [(torch.randn(args.batch, 3, 32, 32, device=device), None) for _ in range(2)]
@@ -115,12 +112,12 @@ def throughput(args, device) -> dict:
                   for k, act in (("pqa", make_activation("pqa")), ("relu", torch.nn.ReLU))}
     opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in train_nets.items()}
 
-    def train_step(kind, kernels=None):
+    def train_step(kind, kernels="eager"):
         def step():
-            with kernels_for(kernels or fused.backend()):
-                opts[kind].zero_grad(set_to_none=True)
-                F.cross_entropy(train_nets[kind](xb), yb).backward()
-                opts[kind].step()
+            use_kernels(train_nets[kind], kernels)
+            opts[kind].zero_grad(set_to_none=True)
+            F.cross_entropy(train_nets[kind](xb), yb).backward()
+            opts[kind].step()
         return step
 
     def no_grad(fn):
@@ -132,8 +129,7 @@ def throughput(args, device) -> dict:
     cases = {"ann_forward": no_grad(lambda: qann(x)), "relu_forward": no_grad(lambda: relu(x)),
              "train_pqa": train_step("pqa", "eager"), "train_relu": train_step("relu")}
     # train.py's default for runs of fused.AUTO_COMPILE_STEPS or more: the quantizer compiled
-    compile_missing = (fused.compile_unavailable(device.type) if hasattr(fused, "compile_unavailable")
-                       else "this pmsm_exp predates auto kernels")
+    compile_missing = fused.compile_unavailable(device.type)
     if not compile_missing:
         cases["train_pqa_compiled"] = train_step("pqa", "compile")
     for T in TIMESTEPS:
@@ -220,7 +216,7 @@ def accuracy_pair(args, device) -> dict:
     torch.manual_seed(0)
     relu = train(create_model("resnet20", 10, torch.nn.ReLU).to(device), xtr, ytr,
                  args.train_epochs, args.train_batch, device)
-    snn = convert_to_snn(ours)
+    snn = convert_to_snn(use_kernels(ours, args.kernels))
     calib = [(xtr[i:i + args.batch].to(device), None) for i in range(0, min(len(xtr), 20 * args.batch), args.batch)]
     theirs = {mode: sj_convert(relu, calib, mode) for mode in ("Max", "99.9%")}
     T = max(ACC_TIMESTEPS)
@@ -296,7 +292,6 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    fused.set_backend(args.kernels)
     import spikingjelly as sj_pkg
     from importlib.metadata import version
     result = {"batch": args.batch, "train_batch": args.train_batch, "rounds": args.rounds, "kernels": args.kernels,

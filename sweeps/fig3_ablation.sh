@@ -9,6 +9,6 @@ LOGS=${LOGS:-logs}
 status=0
 python train.py -m experiment=ablation_alpha model=vgg16,resnet20 data=cifar10,cifar100 paths.log_dir="$LOGS" "$@" || status=$?
 python train.py -m experiment=ablation_beta model=vgg16,resnet20 data=cifar10,cifar100 paths.log_dir="$LOGS" "$@" || status=$?
-python -m pmsm_exp.report ablation --logs "$LOGS" --experiment ablation_alpha --param alpha --timesteps 1 --name fig3a_alpha
-python -m pmsm_exp.report ablation --logs "$LOGS" --experiment ablation_beta --param beta --timesteps 1 --name fig3b_beta
+python -m pmsm_exp.runs.report ablation --logs "$LOGS" --experiment ablation_alpha --param alpha --timesteps 1 --name fig3a_alpha
+python -m pmsm_exp.runs.report ablation --logs "$LOGS" --experiment ablation_beta --param beta --timesteps 1 --name fig3b_beta
 exit $status

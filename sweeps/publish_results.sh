@@ -14,8 +14,8 @@ rm -rf "$OUT/runs"
   dest="$OUT/runs/${f//:/=}"
   mkdir -p "$(dirname "$dest")" && cp "$LOGS/$f" "$dest"
 done
-python -m pmsm_exp.report accuracy --logs "$OUT/runs" --experiment table1_resnet20_cifar10 \
+python -m pmsm_exp.runs.report accuracy --logs "$OUT/runs" --experiment table1_resnet20_cifar10 \
   --timesteps 1 2 4 8 16 32 --name table1_resnet20_cifar10 --out "$OUT"
-python -m pmsm_exp.report plot --logs "$OUT/runs" --experiment table1_resnet20_cifar10 --name table1_over_t --out "$OUT"
-python -m pmsm_exp.report ablation --logs "$OUT/runs" --experiment ablation_alpha --param alpha --timesteps 1 \
+python -m pmsm_exp.runs.report plot --logs "$OUT/runs" --experiment table1_resnet20_cifar10 --name table1_over_t --out "$OUT"
+python -m pmsm_exp.runs.report ablation --logs "$OUT/runs" --experiment ablation_alpha --param alpha --timesteps 1 \
   --name fig3a_alpha --out "$OUT"

@@ -28,8 +28,8 @@ python train.py -m experiment=table1_resnet20_cifar10 pqa=pmsm,qcfs epochs=15 "$
 # with JOBS>1 both at once.
 convert() {
   local method=$1 steps=$2 run
-  run=$(python -m pmsm_exp.report latest --logs "$LOGS" --experiment table1_resnet20_cifar10 --method "$method" --task train) || return 1
-  if python -m pmsm_exp.report latest --logs "$LOGS" --experiment table1_resnet20_cifar10 --method "$method" --task convert >/dev/null 2>&1; then
+  run=$(python -m pmsm_exp.runs.report latest --logs "$LOGS" --experiment table1_resnet20_cifar10 --method "$method" --task train) || return 1
+  if python -m pmsm_exp.runs.report latest --logs "$LOGS" --experiment table1_resnet20_cifar10 --method "$method" --task convert >/dev/null 2>&1; then
     echo "convert $method: done already, skipped"; return 0
   fi
   python convert.py ckpt_path="$run/checkpoints/last.ckpt" experiment_name=table1_resnet20_cifar10 \
@@ -51,8 +51,8 @@ python train.py -m experiment=ablation_alpha 'hydra.sweeper.params={pqa.alpha:"-
 # the tables and the plot, rebuilt from a copy of every metrics.json in $OUT/runs (what is committed),
 # and each table again as a W&B report run in its experiment's group (files under $LOGS/report)
 sweeps/publish_results.sh "$LOGS" "$OUT"
-python -m pmsm_exp.report accuracy --logs "$OUT/runs" --experiment table1_resnet20_cifar10 --timesteps 1 2 4 8 16 32 \
+python -m pmsm_exp.runs.report accuracy --logs "$OUT/runs" --experiment table1_resnet20_cifar10 --timesteps 1 2 4 8 16 32 \
   --name table1_resnet20_cifar10 --out "$LOGS/report" --wandb
-python -m pmsm_exp.report ablation --logs "$OUT/runs" --experiment ablation_alpha --param alpha --timesteps 1 \
+python -m pmsm_exp.runs.report ablation --logs "$OUT/runs" --experiment ablation_alpha --param alpha --timesteps 1 \
   --name fig3a_alpha --out "$LOGS/report" --wandb
 exit $status

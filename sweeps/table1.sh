@@ -9,6 +9,6 @@ LOGS=${LOGS:-logs}
 status=0
 python train.py -m experiment=table1_vgg16_cifar10,table1_resnet20_cifar10,table1_vgg16_cifar100,table1_resnet20_cifar100 \
   pqa=pmsm,qcfs paths.log_dir="$LOGS" "$@" || status=$?
-python -m pmsm_exp.report accuracy --logs "$LOGS" --timesteps 1 8 --name table1 \
+python -m pmsm_exp.runs.report accuracy --logs "$LOGS" --timesteps 1 8 --name table1 \
   --experiment table1_vgg16_cifar10 table1_resnet20_cifar10 table1_vgg16_cifar100 table1_resnet20_cifar100
 exit $status

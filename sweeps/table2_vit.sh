@@ -11,10 +11,10 @@ status=0
 python train.py -m experiment=table2_vit_s_cifar10,table2_vit_s_cifar100,table2_vit_s_imagenet paths.log_dir="$LOGS" "$@" || status=$?
 # the SpikeZIP-TF baseline on the same checkpoints: ST-BIF+ neurons (one spike per step), 64 steps
 for exp in table2_vit_s_cifar10 table2_vit_s_cifar100 table2_vit_s_imagenet; do
-  m=$(python -m pmsm_exp.report latest --logs "$LOGS" --experiment "$exp" --task train)/metrics.json || continue   # newest finished, by time
+  m=$(python -m pmsm_exp.runs.report latest --logs "$LOGS" --experiment "$exp" --task train)/metrics.json || continue   # newest finished, by time
   ckpt=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['run']['checkpoint'])" "$m")
   python convert.py ckpt_path="$ckpt" snn.neuron=stbif snn.timesteps=64 experiment_name="$exp" paths.log_dir="$LOGS" ${CONVERT_ARGS:-} || status=$?
 done
-python -m pmsm_exp.report accuracy --logs "$LOGS" --timesteps 1 16 64 --name table2 \
+python -m pmsm_exp.runs.report accuracy --logs "$LOGS" --timesteps 1 16 64 --name table2 \
   --experiment table2_vit_s_cifar10 table2_vit_s_cifar100 table2_vit_s_imagenet
 exit $status

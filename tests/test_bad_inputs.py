@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-import pmsm_exp.pipeline  # noqa: F401  (Lightning's log handler binds the stderr of import time: not a capsys one)
+import pmsm_exp.jobs.pipeline  # noqa: F401  (Lightning's log handler binds the stderr of import time: not a capsys one)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["model=resnet20", "logger=none", "epochs=1", "snn.timesteps=1", "+trainer.enable_progress_bar=false"]
@@ -253,7 +253,7 @@ def test_divergence_stops_with_status_diverged(tmp_path, capsys, monkeypatch):
 
 
 def test_divergence_callback_refuses_a_nonfinite_checkpoint():
-    from pmsm_exp.callbacks import StopOnDivergence
+    from pmsm_exp.engine.callbacks import StopOnDivergence
     from pmsm_exp.errors import DivergedError
 
     class Trainer:

@@ -150,7 +150,7 @@ def test_ddp_evaluation_counts_every_test_image_once(uninterrupted, tmp_path):
 # ---------------------------------------------------------------- in-process pieces (fast)
 def test_shards_cover_the_test_set_once_where_distributed_sampler_pads(monkeypatch):
     from torch.utils.data.distributed import DistributedSampler
-    from pmsm_exp import lit
+    from pmsm_exp.engine import evaluation as lit
     n, world = 33, 4
     seen = []
     for rank in range(world):
@@ -169,7 +169,7 @@ def test_checkpoint_rng_state_round_trip():
     import random
     import numpy as np
     import torch
-    from pmsm_exp.preemption import Resumable
+    from pmsm_exp.engine.preemption import Resumable
     cb = Resumable("unused")
     state = cb.state_dict()
     expected = torch.rand(3), np.random.rand(3), random.random()
@@ -180,7 +180,7 @@ def test_checkpoint_rng_state_round_trip():
 
 
 def test_csv_log_continues_in_the_same_file(tmp_path):
-    from pmsm_exp.runs import CSVLogger
+    from pmsm_exp.engine.loggers import CSVLogger
     first = CSVLogger(str(tmp_path))
     first.log_metrics({"train/loss": 2.0, "epoch": 0}, step=0)
     first.save()
@@ -203,7 +203,7 @@ def compose_train(*overrides):
     ("eval_checkpoint=best", "eval_checkpoint: got 'best'; best is chosen on a validation split"),
 ])
 def test_schedule_settings_refused_up_front(override, fragment):
-    from pmsm_exp.checks import check_schedule
+    from pmsm_exp.jobs.checks import check_schedule
     from pmsm_exp.errors import UserError
     with pytest.raises(UserError) as err:
         check_schedule(compose_train(override))
@@ -213,8 +213,8 @@ def test_schedule_settings_refused_up_front(override, fragment):
 
 def test_best_checkpoint_loads_into_a_student_with_a_teacher(tmp_path):
     import torch
-    from pmsm_exp import pipeline
-    from pmsm_exp.lit import QANNModule
+    from pmsm_exp.jobs import pipeline
+    from pmsm_exp.engine.training import QANNModule
     optim = {"name": "sgd", "lr": 0.1}
     student, teacher = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
     module = QANNModule(student, 3, optim, {}, teacher=teacher)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from pmsm_exp.conversion import convert_to_snn
-from pmsm_exp.lit import QANNModule
+from pmsm_exp.snn.conversion import convert_to_snn
+from pmsm_exp.engine.training import QANNModule
 from pmsm_exp.models import create_model
 from pmsm_exp.quant import PQA, make_activation, pqa_layers
-from pmsm_exp.simulate import simulate
+from pmsm_exp.snn.simulate import simulate
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pmsm_exp"
 
@@ -80,7 +80,8 @@ def test_first_step_exact_after_casting_both_models(levels, alpha, dtype):
 
 
 def test_models_import_nothing_about_spikes():
-    spiking = {"pmsm_exp.spiking_vit", "pmsm_exp.neurons", "pmsm_exp.conversion", "pmsm_exp.simulate"}
+    spiking = {"pmsm_exp.snn", "pmsm_exp.snn.spiking_vit", "pmsm_exp.snn.neurons", "pmsm_exp.snn.conversion",
+               "pmsm_exp.snn.simulate"}
     for file in (SRC / "models").glob("*.py"):
         for node in ast.walk(ast.parse(file.read_text())):
             if isinstance(node, ast.ImportFrom):
@@ -93,7 +94,7 @@ def test_models_import_nothing_about_spikes():
     # and the spiking ViT's converters are still found when a ViT is converted
     vit = create_model("vit_tiny", 10, make_activation("pqa", 16, -0.5, 0.4375), depth=1)
     snn = convert_to_snn(vit.eval(), "aif")
-    assert any(type(m).__module__ == "pmsm_exp.spiking_vit" for m in snn.modules())
+    assert any(type(m).__module__ == "pmsm_exp.snn.spiking_vit" for m in snn.modules())
 
 
 # ---------------------------------------------------------------- optimizer groups

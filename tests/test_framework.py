@@ -12,14 +12,15 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
-from pmsm_exp import pipeline
-from pmsm_exp.checks import check_train_config
-from pmsm_exp.conversion import NEURONS
+from pmsm_exp.jobs import builders
+from pmsm_exp.runs import tracking
+from pmsm_exp.jobs.checks import check_train_config, checked_model, job_neuron
+from pmsm_exp.snn.conversion import NEURONS
 from pmsm_exp.quant import pqa_layers
-from pmsm_exp.simulate import check_settings
+from pmsm_exp.snn.simulate import check_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -54,10 +55,12 @@ def check_option(group, option, cfg):
     if group == "experiment":
         assert cfg.experiment_name == option  # W&B groups runs by experiment
         cfg.trainer.accelerator = "cpu"       # the GPU recipes are checked on this CPU machine
-        check_train_config(cfg)               # every value valid; model built, its conversion tried
+        pqa = check_train_config(cfg)         # every value valid; model built, its conversion tried
+        checked_model(OmegaConf.to_container(cfg.model, resolve=True), pqa, job_neuron(cfg, pqa),
+                      builders.num_classes(OmegaConf.to_container(cfg.data, resolve=True)))
     elif group in ("model", "pqa"):
-        pqa = pipeline.resolve_pqa(cfg.pqa)
-        model = pipeline.build_model(cfg.model, pqa, 10)
+        pqa = builders.resolve_pqa(cfg.pqa)
+        model = builders.build_model(cfg.model, pqa, 10)
         assert [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features == 10
         quantizers = pqa_layers(model)
         if cfg.pqa.kind == "relu":
@@ -67,14 +70,14 @@ def check_option(group, option, cfg):
             assert signed and all((q.levels, q.alpha, q.beta) == (cfg.pqa.levels, cfg.pqa.alpha, cfg.pqa.beta)
                                   for q in signed)
     elif group == "data":
-        dm = pipeline.build_datamodule(cfg.data)
+        dm = builders.build_datamodule(cfg.data)
         assert type(dm).__name__.lower() == f"{option}datamodule" and dm.batch_size == cfg.data.batch_size
     elif group == "snn":
         check_settings(cfg.snn.timesteps, "static", "mean")
         assert cfg.snn.neuron in (None, *NEURONS)
     elif group == "trainer":
         if option == "cpu" or torch.cuda.is_available():
-            trainer = pipeline.build_trainer(cfg, [])
+            trainer = builders.build_trainer(cfg, [])
             assert trainer.max_epochs == cfg.epochs and trainer.world_size >= 1
         assert cfg.trainer.accelerator == ("cpu" if option in ("cpu", "ddp_cpu") else "gpu")
         if option.startswith("ddp"):
@@ -82,16 +85,16 @@ def check_option(group, option, cfg):
         if option == "ddp":
             assert cfg.trainer.sync_batchnorm
     elif group == "logger":
-        built = pipeline.build_loggers(cfg)
+        built = builders.build_loggers(cfg)
         assert all(isinstance(b, lightning.pytorch.loggers.Logger) for b in built)
         assert {type(b).__name__.lower().removesuffix("logger") for b in built} == ({option} - {"none"})
     elif group == "callbacks":
-        built = pipeline.build_callbacks(cfg, validation=True)
+        built = builders.build_callbacks(cfg, validation=True)
         assert all(isinstance(b, lightning.Callback) for b in built)
         checkpoints = [b for b in built if isinstance(b, lightning.pytorch.callbacks.ModelCheckpoint)]
         assert any(c.filename == "last" and not c.monitor for c in checkpoints)  # what convert.py and resume need
         # without a validation split nothing may be chosen on a metric (it would be the test set's)
-        assert not any(getattr(b, "monitor", None) for b in pipeline.build_callbacks(cfg, validation=False))
+        assert not any(getattr(b, "monitor", None) for b in builders.build_callbacks(cfg, validation=False))
 
 
 @pytest.mark.parametrize("group", ["model", "data", "pqa", "snn", "trainer", "logger", "callbacks", "experiment"])
@@ -103,7 +106,7 @@ def test_every_option_composes(group, tmp_path):
         HydraConfig.instance().set_config(cfg)
         cfg.paths.output_dir = str(tmp_path)
         check_option(group, option, cfg)
-    pipeline.close_wandb()
+    tracking.close()
 
 
 def entropy_ratio_reference(levels, lam, alpha, beta):
@@ -117,7 +120,7 @@ def entropy_ratio_reference(levels, lam, alpha, beta):
 
 def test_auto_alpha_beta_records_entropy_choice():
     cfg = compose_train("pqa.alpha=auto", "pqa.beta=1.0")
-    pqa = pipeline.resolve_pqa(cfg.pqa)
+    pqa = builders.resolve_pqa(cfg.pqa)
     grid = [-0.125 * i for i in range(1, 9)]
     ratios = {a: entropy_ratio_reference(8, 8.0, a, 1.0) for a in grid}
     closest = min(grid, key=lambda a: abs(ratios[a] - 1))

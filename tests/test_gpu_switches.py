@@ -19,15 +19,15 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from helpers import random_qann, randomize
-from pmsm_exp import lit, speed
-from pmsm_exp.checks import check_model_switches, check_train_config
-from pmsm_exp.conversion import convert_to_snn
+from pmsm_exp.engine import evaluation, switches as speed, training
+from pmsm_exp.jobs.checks import check_model_switches, check_train_config
+from pmsm_exp.snn.conversion import convert_to_snn
 from pmsm_exp.data import CIFAR10DataModule, SyntheticDataModule
 from pmsm_exp.errors import UserError
-from pmsm_exp.folding import fold_batchnorm
+from pmsm_exp.snn.folding import fold_batchnorm
 from pmsm_exp.models import create_model
 from pmsm_exp.quant import PQA
-from pmsm_exp.simulate import simulate
+from pmsm_exp.snn.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 CL = torch.channels_last
@@ -100,7 +100,7 @@ def test_channels_last_changes_the_layout_not_the_values(arch):
 
 def test_channels_last_bf16_mixed_run_trains_in_autocast_and_evaluates_exactly_in_float32(tmp_path, monkeypatch):
     seen = {"train": [], "test": []}
-    train_step, test_step = lit.QANNModule.training_step, lit.EvalModule.test_step
+    train_step, test_step = training.QANNModule.training_step, evaluation.EvalModule.test_step
 
     def probe_train(self, batch, i):
         inputs = []
@@ -116,8 +116,8 @@ def test_channels_last_bf16_mixed_run_trains_in_autocast_and_evaluates_exactly_i
         seen["test"].append((torch.is_autocast_enabled("cpu"), all(w.is_contiguous(memory_format=CL) for w in weights)))
         return test_step(self, batch, i)
 
-    monkeypatch.setattr(lit.QANNModule, "training_step", probe_train)
-    monkeypatch.setattr(lit.EvalModule, "test_step", probe_test)
+    monkeypatch.setattr(training.QANNModule, "training_step", probe_train)
+    monkeypatch.setattr(evaluation.EvalModule, "test_step", probe_test)
     metrics = run_script("train", [*TINY, "model.channels_last=true", "trainer.precision=bf16-mixed"],
                          tmp_path / "logs", monkeypatch)
     assert seen["train"] == [(True, True, True)] * 2   # autocast, channels_last inputs and weights
@@ -152,8 +152,8 @@ def tiny_net():
 
 def test_compiled_training_step_matches_eager_and_keeps_plain_keys():
     net = tiny_net()
-    eager = lit.QANNModule(copy.deepcopy(net), 10, {"name": "sgd", "lr": 0.1})
-    fast = lit.QANNModule(copy.deepcopy(net), 10, {"name": "sgd", "lr": 0.1}, compile=True, channels_last=True)
+    eager = training.QANNModule(copy.deepcopy(net), 10, {"name": "sgd", "lr": 0.1})
+    fast = training.QANNModule(copy.deepcopy(net), 10, {"name": "sgd", "lr": 0.1}, compile=True, channels_last=True)
     assert fast.compiled_model is not None and eager.compiled_model is None
     assert list(fast.state_dict()) == list(eager.state_dict())  # no `_orig_mod.`, no second copy
     assert [n for n, _ in fast.named_modules()] == [n for n, _ in eager.named_modules()]
@@ -257,14 +257,19 @@ def test_gpu_epoch_benchmark_smoke_on_cpu(tmp_path):
 
 # ---------------------------------------------------------------- snn.kernels=auto in a training run
 def kernels_seen(monkeypatch):
-    """The fused kernels each training and test step ran with."""
-    from pmsm_exp import fused
+    """The kernels the quantizers (and neurons) of each training and test step were set to run."""
+    from pmsm_exp.quant.kernels import kernels_of
     seen = {"train": [], "test": []}
-    train_step, test_step = lit.QANNModule.training_step, lit.EvalModule.test_step
-    monkeypatch.setattr(lit.QANNModule, "training_step",
-                        lambda self, b, i: seen["train"].append(fused.backend()) or train_step(self, b, i))
-    monkeypatch.setattr(lit.EvalModule, "test_step",
-                        lambda self, b, i: seen["test"].append(fused.backend()) or test_step(self, b, i))
+    train_step, test_step = training.QANNModule.training_step, evaluation.EvalModule.test_step
+
+    def one(*models):
+        (kernels,) = set().union(*(kernels_of(m) for m in models if m is not None))   # one choice per step
+        return kernels
+
+    monkeypatch.setattr(training.QANNModule, "training_step",
+                        lambda self, b, i: seen["train"].append(one(self.model)) or train_step(self, b, i))
+    monkeypatch.setattr(evaluation.EvalModule, "test_step",
+                        lambda self, b, i: seen["test"].append(one(self.qann, self.snn)) or test_step(self, b, i))
     return seen
 
 
@@ -280,7 +285,7 @@ def test_short_training_run_keeps_the_eager_kernels(tmp_path, monkeypatch):
                                                ("bf16-mixed", "compile")])   # auto trains bf16 eager
 def test_auto_kernels_train_compiled_bit_for_bit_like_eager_and_evaluate_eager(tmp_path, monkeypatch, precision,
                                                                              kernels):
-    from pmsm_exp import fused
+    from pmsm_exp.quant import kernels as fused
     steps = [*TINY, "epochs=2", "data.train_size=96", "trainer.deterministic=true", f"trainer.precision={precision}"]
     eager = run_script("train", [*steps, "snn.kernels=eager"], tmp_path / "eager", monkeypatch)
     monkeypatch.setattr(fused, "AUTO_COMPILE_STEPS", 4)   # this run's 6 steps count as a long run

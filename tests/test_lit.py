@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pmsm_exp.lit import QANNModule, lr_factor
+from pmsm_exp.engine.training import QANNModule, lr_factor
 from pmsm_exp.quant import PQA
 
 SGD = {"name": "sgd", "lr": 0.1}

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pmsm_exp.neurons import SpikingNeuron, aif_neuron, if_neuron
+from pmsm_exp.snn.neurons import SpikingNeuron, aif_neuron, if_neuron
 
 
 def run(neuron, currents):
@@ -135,7 +135,7 @@ def test_batch_not_multiple_of_steps():
 
 
 def test_stbif_one_spike_per_step_and_tracer_reaches_the_level():
-    from pmsm_exp.neurons import stbif_neuron
+    from pmsm_exp.snn.neurons import stbif_neuron
     n = stbif_neuron(torch.tensor(1.0), min_level=-4, max_level=6)
     z = torch.tensor([2.6, -3.4, 9.0, -9.0, 0.2])         # levels: 3, -3, 6 (clamped), -4 (clamped), 0
     currents = torch.zeros(8, 1, 5)

@@ -7,7 +7,7 @@ from pmsm_exp.quant import PQA, make_activation
 def test_levels_and_values_round_half_up():
     q = PQA(levels=4, alpha=-0.5, beta=1.0, threshold=4.0)  # θ = 1, levels -2..4
     z = torch.tensor([-9.0, -1.5, -0.5, 0.49, 0.5, 1.5, 2.5, 3.6, 9.0])
-    assert q.quantized_levels(z).tolist() == [-2, -1, 0, 0, 1, 2, 3, 4, 4]
+    assert q(z).tolist() == [-2, -1, 0, 0, 1, 2, 3, 4, 4]   # θ = 1: the values are the levels
     # θ = 0.5: the values are the levels times θ, written out (ties at half-levels round up)
     q = PQA(levels=4, alpha=-0.5, beta=1.0, threshold=2.0)
     z = torch.tensor([-9.0, -0.75, -0.25, 0.24, 0.25, 0.75, 1.25, 1.8, 9.0])
@@ -74,8 +74,9 @@ def formula(z, lam, levels, lo, hi, g):
     return kc * theta, grad_z, grad_lam
 
 
-def fused_run(levels, alpha, beta, lam, z, g, dtype=torch.float32):
+def fused_run(levels, alpha, beta, lam, z, g, dtype=torch.float32, kernels="eager"):
     q = PQA(levels, alpha, beta, lam).to(dtype)
+    q.kernels = kernels
     z = z.clone().requires_grad_()
     out = q(z)
     out.backward(g)
@@ -119,7 +120,7 @@ def test_fused_quantizer_equals_formula_bit_for_bit(levels, alpha, beta, lam):
 def test_fused_quantizer_bit_for_bit_in_other_dtypes(levels, alpha, beta, lam, dtype):
     # bf16 with 64 levels: too coarse for the saved-residual path (fused._residual_path_exact),
     # so the quantizer recomputes from z; either way the formula's values, bit for bit
-    from pmsm_exp import fused
+    from pmsm_exp.quant import kernels as fused
     z, g = random_inputs(levels, alpha, beta, lam, seed=levels + 1)
     z, g = z.to(dtype), g.to(dtype)
     lo, hi = round(alpha * levels), round(beta * levels)
@@ -133,7 +134,7 @@ def test_fused_quantizer_bit_for_bit_in_other_dtypes(levels, alpha, beta, lam, d
 
 
 def test_residual_path_only_where_it_is_exact():
-    from pmsm_exp import fused
+    from pmsm_exp.quant import kernels as fused
     assert fused._residual_path_exact(torch.float32, -2, 8)
     assert not fused._residual_path_exact(torch.float32, 0, 8)        # QCFS: k_clamped = 0 outside and inside
     assert fused._residual_path_exact(torch.bfloat16, -8, 31)
@@ -173,17 +174,13 @@ def test_threshold_gradient_is_the_derivative():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])   # bf16: bf16-mixed training's activations
 @pytest.mark.parametrize("levels, alpha, beta, lam", FUSED_CASES[:3])
 def test_compiled_quantizer_equals_formula_bit_for_bit(levels, alpha, beta, lam, dtype):
-    from pmsm_exp import fused
+    from pmsm_exp.quant import kernels as fused
     z, g = random_inputs(levels, alpha, beta, lam, seed=levels)
     z, g = z.to(dtype), g.to(dtype)
     lo, hi = round(alpha * levels), round(beta * levels)
     theta = torch.tensor(lam, dtype=dtype) / levels
-    fused.set_backend("compile")
-    try:
-        out, grad_z, grad_lam = fused_run(levels, alpha, beta, lam, z, g, dtype)
-        per_element = fused._pqa_backward(g, z, theta, lo, hi)[1]
-    finally:
-        fused.set_backend("eager")
+    out, grad_z, grad_lam = fused_run(levels, alpha, beta, lam, z, g, dtype, kernels="compile")
+    per_element = fused._pqa_backward(g, z, theta, lo, hi, "compile")[1]
     # each element's dθ too (a bfloat16 sum can hide a difference in a few of them)
     assert torch.equal(per_element.reshape(-1), fused._pqa_backward_eager(g, z, theta, lo, hi)[1].reshape(-1))
     ref_out, ref_z, ref_lam = formula(z, torch.tensor(lam, dtype=dtype), levels, lo, hi, g)
@@ -191,10 +188,10 @@ def test_compiled_quantizer_equals_formula_bit_for_bit(levels, alpha, beta, lam,
 
 
 def test_kernel_backend_refused_with_one_line():
-    from pmsm_exp import fused
-    from pmsm_exp.errors import UserError
-    with pytest.raises(UserError, match=r"^snn.kernels: got 'triton'; allowed: auto, eager, compile$"):
-        fused.set_backend("triton")
+    # the config key (snn.kernels) is named by the config checks: tests/test_bad_inputs.py
+    from pmsm_exp.quant import use_kernels
+    with pytest.raises(ValueError, match=r"^kernels: got 'triton'; allowed: eager, compile$"):
+        use_kernels(PQA(), "triton")
 
 
 @pytest.mark.parametrize("choice, steps, missing, expected", [
@@ -204,7 +201,7 @@ def test_kernel_backend_refused_with_one_line():
     ("eager", 10**6, "", "eager"), ("compile", 1, "", "compile"),   # an explicit choice is kept
 ])
 def test_auto_kernels_compile_only_long_runs_where_compiling_works(monkeypatch, choice, steps, missing, expected):
-    from pmsm_exp import fused
+    from pmsm_exp.quant import kernels as fused
     monkeypatch.setattr(fused, "compile_unavailable", lambda device: missing)
     monkeypatch.setattr(fused, "compile_fails", lambda device: "")
     backend, why = fused.training_backend(choice, steps, "cpu")
@@ -217,7 +214,7 @@ def test_auto_kernels_compile_only_long_runs_where_compiling_works(monkeypatch, 
 
 
 def test_compile_unavailable_names_what_is_missing(monkeypatch):
-    from pmsm_exp import fused
+    from pmsm_exp.quant import kernels as fused
     monkeypatch.setenv("CXX", "")
     monkeypatch.setenv("PATH", "/nonexistent")
     assert "C++ compiler" in fused.compile_unavailable("cpu")
@@ -225,19 +222,18 @@ def test_compile_unavailable_names_what_is_missing(monkeypatch):
     assert "Triton" in fused.compile_unavailable("cuda")
 
 
-def test_using_restores_the_previous_kernels():
-    from pmsm_exp import fused
-    assert fused.backend() == "eager"
-    with pytest.raises(RuntimeError):
-        with fused.using("compile"):
-            assert fused.backend() == "compile"
-            raise RuntimeError
-    assert fused.backend() == "eager"
+def test_kernel_choice_lives_on_the_modules_not_in_the_process():
+    from pmsm_exp.quant import use_kernels
+    from pmsm_exp.quant.kernels import kernels_of
+    chosen, other = torch.nn.Sequential(PQA(), torch.nn.Linear(2, 2), PQA()), torch.nn.Sequential(PQA())
+    assert use_kernels(chosen, "compile") is chosen
+    assert kernels_of(chosen) == {"compile"} and kernels_of(other) == {"eager"}
+    assert kernels_of(torch.nn.Sequential(PQA())) == {"eager"}      # a new model: the default, whatever ran before
 
 
 def break_torch_compile(monkeypatch, message):
     """torch.compile as seen by fused.py: every compiled kernel raises `message` when called."""
-    from pmsm_exp import fused
+    from pmsm_exp.quant import kernels as fused
 
     def broken(fn, **kwargs):
         def run(*args):
@@ -250,22 +246,22 @@ def break_torch_compile(monkeypatch, message):
 
 
 def test_auto_kernels_stay_eager_where_compiling_fails(monkeypatch):
-    from pmsm_exp import fused
+    from pmsm_exp.quant import kernels as fused
     monkeypatch.setattr(fused, "compile_unavailable", lambda device: "")
     break_torch_compile(monkeypatch, "C++ compile error\nfatal error: Python.h: No such file or directory")
     backend, why = fused.training_backend("auto", 10**6, "cpu")
     assert backend == "eager" and "torch.compile failed here (RuntimeError: C++ compile error)" in why
-    assert fused.backend() == "eager"
+    assert PQA().kernels == "eager"
 
 
 def test_a_failing_compiled_kernel_falls_back_to_the_same_values(monkeypatch):
     # an explicit snn.kernels=compile whose kernel fails mid-run: one warning, then the eager
     # kernels, whose values are the formula's
-    from pmsm_exp import fused
+    from pmsm_exp.quant import kernels as fused
     break_torch_compile(monkeypatch, "FailOnRecompileLimitHit: Hard failure due to fullgraph=True")
     z, g = random_inputs(8, -0.25, 1.0, 2.5, seed=4)
-    with fused.using("compile"), pytest.warns(UserWarning, match="compiled pqa_forward kernel failed"):
-        out, grad_z, grad_lam = fused_run(8, -0.25, 1.0, 2.5, z, g)
+    with pytest.warns(UserWarning, match="compiled pqa_forward kernel failed"):
+        out, grad_z, grad_lam = fused_run(8, -0.25, 1.0, 2.5, z, g, kernels="compile")
     assert set(fused.failures) == {"pqa_forward", "pqa_backward"}
     ref_out, ref_z, ref_lam = formula(z, torch.tensor(2.5), 8, -2, 8, g)
     assert torch.equal(out, ref_out) and torch.equal(grad_z, ref_z) and torch.equal(grad_lam, ref_lam)
@@ -275,26 +271,22 @@ def test_a_failing_compiled_kernel_falls_back_to_the_same_values(monkeypatch):
 def test_compiled_quantizer_any_layout_bit_for_bit_without_recompiling_per_shape():
     # a ViT's transposed 3-D views, channels_last and plain 4-D tensors, 2-D: one flat graph serves
     # them all (no recompile limit hit, no fallback), with the formula's values and gradients
-    from pmsm_exp import fused
+    from pmsm_exp.quant import kernels as fused
     gen = torch.Generator().manual_seed(5)
     cases = [torch.randn(4, 6, 5, generator=gen).transpose(1, 2),
              torch.randn(3, 8, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last),
              torch.randn(3, 8, 5, 5, generator=gen), torch.randn(7, 9, generator=gen)[:, ::2],
              torch.randn(2, 3, 4, 4, 2, generator=gen)]
     fused.failures.clear()
-    try:
-        fused.set_backend("compile")
-        for z in cases:
-            z = z * 4
-            g = torch.randn(z.shape, generator=gen)
-            if z.dim() == 3:   # a gradient in the activation's own layout takes the compiled backward
-                g = g.transpose(1, 2).contiguous().transpose(1, 2)
-            out, grad_z, grad_lam = fused_run(8, -0.25, 1.0, 2.5, z, g)
-            ref_out, ref_z, ref_lam = formula(z, torch.tensor(2.5), 8, -2, 8, g)
-            assert torch.equal(out, ref_out) and torch.equal(grad_z, ref_z) and torch.equal(grad_lam, ref_lam)
-            assert out.stride() == z.stride() or fused._dense_order(z) is None
-    finally:
-        fused.set_backend("eager")
+    for z in cases:
+        z = z * 4
+        g = torch.randn(z.shape, generator=gen)
+        if z.dim() == 3:   # a gradient in the activation's own layout takes the compiled backward
+            g = g.transpose(1, 2).contiguous().transpose(1, 2)
+        out, grad_z, grad_lam = fused_run(8, -0.25, 1.0, 2.5, z, g, kernels="compile")
+        ref_out, ref_z, ref_lam = formula(z, torch.tensor(2.5), 8, -2, 8, g)
+        assert torch.equal(out, ref_out) and torch.equal(grad_z, ref_z) and torch.equal(grad_lam, ref_lam)
+        assert out.stride() == z.stride() or fused._dense_order(z) is None
     assert fused.failures == {}
 
 

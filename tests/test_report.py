@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pmsm_exp import report
+from pmsm_exp.runs import report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -272,7 +272,7 @@ def test_latest_is_by_time_not_by_name(tmp_path, capsys):
 @pytest.mark.parametrize("script", ["table3_energy.sh", "table2_vit.sh"])
 def test_sweeps_pick_the_newest_run_by_time(script):
     text = (ROOT / "sweeps" / script).read_text()
-    assert "tail -1" not in text and "pmsm_exp.report latest" in text
+    assert "tail -1" not in text and "pmsm_exp.runs.report latest" in text
 
 
 def test_bad_input_one_line(tmp_path, mixed):
@@ -305,8 +305,8 @@ def test_paper_results_transcription():
 
 def test_analysis_accuracies_are_fractions(tmp_path):
     """analysis.snn_accuracy is a fraction like snn.test_acc; checked against a plain count."""
-    from pmsm_exp.analysis.run_analysis import analyze
-    from pmsm_exp.conversion import convert_to_snn
+    from pmsm_exp.analysis.analyze import analyze
+    from pmsm_exp.snn.conversion import convert_to_snn
     from pmsm_exp.quant import make_activation
     torch.manual_seed(0)
     act = make_activation("pqa", 8, -0.25, 1.0, 8.0)

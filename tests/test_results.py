@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pmsm_exp import report
+from pmsm_exp.runs import report
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"

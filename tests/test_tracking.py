@@ -151,7 +151,7 @@ def test_convert_uses_the_training_checkpoint_artifact(sweep):
 
 
 def test_sync_plan_lists_runs_and_lineage(sweep):
-    from pmsm_exp.tracking import sync
+    from pmsm_exp.runs.tracking import sync
     plan = sync([sweep["sweep_dir"], sweep["convert_dir"]], dry_run=True)
     train_dirs = {str(r.dir.resolve()) for r in sweep["train"]}
     words = plan[0].split(" ")
@@ -191,15 +191,15 @@ def test_train_and_convert_without_wandb(logger, tmp_path, monkeypatch):
 
 
 def test_run_name_keeps_what_tells_runs_apart():
-    from pmsm_exp.tracking import run_name
+    from pmsm_exp.runs.tracking import run_name
     overrides = ["model=resnet20", "data=cifar10", "pqa.alpha=-0.25", "trainer=gpu", "data.num_workers=8",
                  "paths.log_dir=/x", "seed=42", "snn.timesteps=4", "snn.timesteps=8"]
     assert run_name("resnet20", "cifar10", "pmsm", overrides, 42) == "resnet20-cifar10-pmsm-a-0.25-T8-s42"
 
 
 def test_run_config_flattens_and_records_entropy_choice():
-    from pmsm_exp.pipeline import resolve_pqa
-    from pmsm_exp.tracking import run_config
+    from pmsm_exp.jobs.builders import resolve_pqa
+    from pmsm_exp.runs.tracking import run_config
     pqa = resolve_pqa({"method": "pmsm", "kind": "pqa", "levels": 8, "alpha": "auto", "beta": 1.0,
                        "threshold": 8.0, "neuron": "aif"})
     model = torch.nn.Linear(3, 2)
@@ -212,7 +212,7 @@ def test_run_config_flattens_and_records_entropy_choice():
 
 
 def test_report_table_run(tmp_path, monkeypatch):
-    from pmsm_exp.tracking import log_report_table
+    from pmsm_exp.runs.tracking import log_report_table
     monkeypatch.setenv("WANDB_MODE", "offline")
     rows = [{"model": "vgg16", "method": "pmsm", "acc_t1": 0.93}, {"model": "vgg16", "method": "qcfs", "acc_t8": 0.9}]
     run_dir = log_report_table("table1", rows, group="table1_vgg16_cifar10", out_dir=tmp_path)

@@ -3,14 +3,14 @@ import timm
 import torch
 from torch import nn
 
-from pmsm_exp.conversion import convert_to_snn
+from pmsm_exp.snn.conversion import convert_to_snn
 from pmsm_exp.models import create_model
 from pmsm_exp.models import vit
 from pmsm_exp.models.vit import PQAViT, calibrate_thresholds, initial_threshold, load_timm_weights
-from pmsm_exp.neurons import multistep_modules, spiking_neurons
+from pmsm_exp.snn.neurons import multistep_modules, spiking_neurons
 from pmsm_exp.quant import PQA, make_activation, pqa_layers
-from pmsm_exp.simulate import simulate
-from pmsm_exp.spiking_vit import SpikingBiasOnce, SpikingMatMul, SpikingOnSum, SpikingTokens
+from pmsm_exp.snn.simulate import simulate
+from pmsm_exp.snn.spiking_vit import SpikingBiasOnce, SpikingMatMul, SpikingOnSum, SpikingTokens
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
 SPIKEZIP = (16, -0.5, 0.5 - 1 / 16)          # the paper's ViT setting (SpikeZIP-TF's signed quantizer)
@@ -74,7 +74,7 @@ def run_qann(model, x):
         def hook(q, inputs, out):
             k = torch.floor(inputs[0] / q.step_size() + 0.5)
             raw[name] = k
-            sums[name] = q.quantized_levels(inputs[0]).abs().sum().item()
+            sums[name] = torch.clamp(k, q.min_level, q.max_level).abs().sum().item()
             # an unsigned neuron never fires below 0, so clipping there leaves nothing for later steps
             low = (k < q.min_level).sum().item() if q.min_level < 0 else 0
             clipped[name] = (k > q.max_level).sum().item() + low

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pmsm_exp.analysis.run_analysis import compare_runs
+from pmsm_exp.analysis.analyze import compare_runs
 
 
 def load_summary(run_dir: Path) -> dict:

@@ -15,16 +15,13 @@ the target of every step's running average.
 """
 from __future__ import annotations
 
-from typing import Iterable
-
 import numpy as np
 import torch
 from torch import nn
 
-from pmsm_exp.hooks import forward_with_hooks
-from pmsm_exp.neurons import spiking_neurons
+from pmsm_exp.models.hooks import forward_with_hooks
 from pmsm_exp.quant import pqa_layers
-from pmsm_exp.simulate import simulate
+from pmsm_exp.snn import spiking_neurons
 
 
 class ConversionErrorMeter:
@@ -101,25 +98,3 @@ class ConversionErrorMeter:
 def layer_mean(errors: dict[str, np.ndarray]) -> np.ndarray:
     """Unweighted mean over layers (each layer counts once, whatever its size)."""
     return np.mean(np.stack(list(errors.values())), axis=0)
-
-
-def conversion_error(qann: nn.Module, snn: nn.Module, batches: Iterable, timesteps: int,
-                     max_batches: int | None = None, device: str | torch.device | None = None) -> dict:
-    """Conversion error of `snn` against `qann` over (x, y) batches (static encoding, mean readout).
-
-    Returns {"layers": {layer: [T]}, "mean": [T] (unweighted over layers), "images": n}.
-    """
-    with ConversionErrorMeter(qann, snn) as meter:
-        images = 0
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            if device is not None:
-                x = x.to(device)
-            meter.reference(x)
-            simulate(snn, x, timesteps)
-            images += x.shape[0]
-    errors = meter.errors()
-    return {"layers": {n: e.tolist() for n, e in errors.items()}, "mean": layer_mean(errors).tolist(),
-            "images": images}

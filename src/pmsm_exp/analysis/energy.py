@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pmsm_exp.hooks import forward_with_hooks
-from pmsm_exp.neurons import SpikingNeuron, spiking_neurons
-from pmsm_exp.simulate import SimulationResult
+from pmsm_exp.models.hooks import forward_with_hooks
+from pmsm_exp.snn import SimulationResult, SpikingNeuron, spiking_neurons
 
 E_SPIKE_PJ = 0.9   # per spike / per accumulate (45 nm, Horowitz 2014), paper Eq. 11
 E_MAC_PJ = 4.6     # per multiply-accumulate (45 nm, Horowitz 2014)
@@ -61,11 +60,6 @@ def power_mw(spikes_per_image: float, timesteps: int, e_spike_pj: float = E_SPIK
     (not per step); `timesteps`: T. Table 3 check: 3.08e5 spikes, T=1 -> 0.277 mW.
     """
     return float(spikes_per_image) * e_spike_pj * 1e-12 / (timesteps * step_s) * 1e3
-
-
-def spikes_e5(spikes_per_image: float) -> float:
-    """Spikes in units of 1e5, as Table 3 prints them."""
-    return float(spikes_per_image) / 1e5
 
 
 def _grow(acc: dict[str, np.ndarray], key: str, start: int, values: np.ndarray) -> None:

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pmsm_exp.quant import check_pqa_params
+
 # The paper's Fig. 2/3 grid.
 PAPER_ALPHAS = tuple(-0.125 * i for i in range(1, 9))  # -0.125 ... -1
 PAPER_BETAS = tuple(0.125 * i for i in range(1, 9))  # 0.125 ... 1
@@ -57,7 +59,6 @@ DEFAULT_REGIMES = (
     ("lambda/L >> 1", 8, 32.0),  # lambda/L = 4: 95% of the mass at k = 0
 )
 
-_INT_TOL = 1e-9
 
 
 # --------------------------------------------------------------------------
@@ -104,29 +105,16 @@ def relu_entropy(convention: str = "mixed") -> float:
 
 
 def _check_params(levels, threshold, alpha, beta) -> tuple[int, float, int, int]:
-    """Validate and return (L, lambda, alpha*L, beta*L) as clean numbers."""
-    if isinstance(levels, bool) or not isinstance(levels, numbers.Real):
-        raise ValueError(f"levels={levels!r}: must be a positive integer")
-    if not math.isfinite(levels) or levels <= 0 or abs(levels - round(levels)) > _INT_TOL:
-        raise ValueError(f"levels={levels!r}: must be a positive integer")
-    L = int(round(levels))
-    for name, value in (("threshold", threshold), ("alpha", alpha), ("beta", beta)):
+    """Validate and return (L, lambda, alpha*L, beta*L) as clean numbers (L, alpha, beta by the
+    quantizer's own check)."""
+    for name, value in (("levels", levels), ("alpha", alpha), ("beta", beta), ("threshold", threshold)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ValueError(f"{name}={value!r}: must be a finite real number")
+    check_pqa_params(levels, alpha, beta)
     if threshold <= 0:
         raise ValueError(f"threshold={threshold!r}: must be > 0")
-    if alpha > 0:
-        raise ValueError(f"alpha={alpha!r}: must be <= 0")
-    if beta <= 0:
-        raise ValueError(f"beta={beta!r}: must be > 0")
-    lo, hi = alpha * L, beta * L
-    for name, value, prod in (("alpha", alpha, lo), ("beta", beta, hi)):
-        if abs(prod - round(prod)) > _INT_TOL:
-            raise ValueError(
-                f"{name}={value!r} with levels={L}: {name}*levels={prod!r} must be an "
-                f"integer (within {_INT_TOL:g})"
-            )
-    return L, float(threshold), int(round(lo)), int(round(hi))
+    L = int(round(levels))
+    return L, float(threshold), int(round(alpha * L)), int(round(beta * L))
 
 
 def _norm_cdf(x: float) -> float:
@@ -168,12 +156,6 @@ def pqa_entropy(levels, threshold, alpha, beta) -> float:
 def entropy_ratio(levels, threshold, alpha, beta) -> float:
     """H(PQA) / H(BN): ~1 lossless, < 1 information lost, > 1 added noise."""
     return pqa_entropy(levels, threshold, alpha, beta) / bn_entropy()
-
-
-def sign_split_entropy() -> float:
-    """Limit of H(PQA) as lambda/L -> 0: entropy of sign(z), H_b(1/2) = ln 2."""
-    p = _norm_cdf(0.0)
-    return -(p * math.log(p) + (1 - p) * math.log(1 - p))
 
 
 def monte_carlo_pqa_entropy(

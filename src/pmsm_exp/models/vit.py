@@ -19,13 +19,11 @@ quantizer thresholds (and a `calibrated` flag) are the only extra entries.
 
 The model knows nothing about spikes. Its linear layers, LayerNorms, products,
 softmax and token assembly have small types of their own only so that
-`pmsm_exp.spiking_vit` can register converters for them.
+`pmsm_exp.snn.spiking_vit` can register converters for them.
 """
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Callable
 
 import timm
@@ -34,8 +32,9 @@ from timm.layers import DropPath
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from pmsm_exp.hooks import forward_with_hooks
+from pmsm_exp.models.hooks import forward_with_hooks
 from pmsm_exp.models.registry import register_model
+from pmsm_exp.models.weights import state_dict_of
 from pmsm_exp.quant import PQA, pqa_layers
 
 CALIBRATIONS = ("lsq", "max")
@@ -284,29 +283,6 @@ def calibrate_thresholds(model: nn.Module, x: torch.Tensor, method: str = "lsq")
 
 # ---- timm weights ------------------------------------------------------------------------------
 
-def _read_state_dict(source) -> dict[str, torch.Tensor]:
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        state = source
-    for wrapper in ("state_dict", "model"):  # Lightning / timm-train / DeiT checkpoints
-        if isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
-    state = dict(state)
-    for prefix in ("module.", "model."):  # DDP / a LightningModule's attribute
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
 def _listing(keys: list[str], limit: int = 12) -> str:
     more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
@@ -319,7 +295,7 @@ def load_timm_weights(model: PQAViT, source) -> list[str]:
     knows what is still uncalibrated); any other missing, unexpected or mis-shaped key
     raises ValueError naming it.
     """
-    state = _read_state_dict(source)
+    state = state_dict_of(source)
     own = model.state_dict()
     thresholds = {f"{name}.threshold" for name in pqa_layers(model)}
     optional = thresholds | {"calibrated"}

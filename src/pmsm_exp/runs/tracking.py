@@ -1,4 +1,4 @@
-"""Weights & Biases for one job; pipeline.py only calls in (build_loggers, start, finish, close).
+"""Weights & Biases for one job; jobs/pipeline.py only calls in (build_loggers, start, finish, close).
 
 What a W&B run holds (offline by default; `logger=csv` / `logger=none` never import wandb):
 - name from the job's overrides (`resnet20-cifar10-pmsm-a-0.25-s42`), group = experiment_name
@@ -17,7 +17,7 @@ What a W&B run holds (offline by default; `logger=csv` / `logger=none` never imp
 - the W&B id and group live in `<run dir>/wandb_id` and `wandb_group`, so a resumed job continues
   the same W&B run.
 
-`python -m pmsm_exp.tracking sync logs/train/multiruns/<experiment> logs/convert` uploads offline runs and
+`python -m pmsm_exp.runs.tracking sync logs/train/multiruns/<experiment> logs/convert` uploads offline runs and
 then links each convert run to the checkpoint artifact it used (untested against a server here).
 """
 from __future__ import annotations
@@ -36,9 +36,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from pmsm_exp.config import plain
 from pmsm_exp.errors import UserError
+from pmsm_exp.runs.overrides import has_effect, key_of, parse, under
 
 ID_FILE = "wandb_id"
 GROUP_FILE = "wandb_group"
@@ -58,11 +60,11 @@ CAPTIONS = {
 # short names in run names and tags; other keys use their last component
 SHORT = {"pqa.alpha": "a", "pqa.beta": "b", "pqa.levels": "L", "pqa.threshold": "lam", "snn.timesteps": "T",
          "snn.neuron": "", "epochs": "e", "optim.lr": "lr", "optim.weight_decay": "wd"}
-# overrides that do not change results (or are in the name already): left out of names and tags
-NOT_IN_NAME = {"model", "data", "pqa", "snn", "experiment", "seed", "ckpt_path", "resume", "task_name",
-               "experiment_name", "eval_checkpoint", "data.data_dir", "data.num_workers", "data.download",
-               "data.on_device", "model.channels_last", "model.compile"}
-NOT_IN_NAME_GROUPS = {"trainer", "logger", "callbacks", "paths", "analysis", "hydra"}
+# besides the overrides that change nothing (runs/overrides.py): keys the name shows already
+# (model, data, method, seed), and settings of how a run is carried out, left out to keep names short
+NOT_IN_NAME = {"model", "data", "pqa", "snn", "experiment", "seed", "ckpt_path", "task_name", "experiment_name",
+               "eval_checkpoint", "data.on_device", "model.channels_last", "model.compile"}
+NOT_IN_NAME_GROUPS = ("trainer", "callbacks", "analysis")
 
 
 # ---------------------------------------------------------------- identity
@@ -87,12 +89,8 @@ def run_id(out_dir) -> str:
 
 def _overrides(items) -> list[tuple[str, str]]:
     """(key, value) of the overrides that tell runs apart, in the order given; a later value of a key wins."""
-    out = {}
-    for item in items:
-        key, sep, value = str(item).lstrip("+").partition("=")
-        if sep and not key.startswith("~") and key not in NOT_IN_NAME and key.split(".")[0] not in NOT_IN_NAME_GROUPS:
-            out[key] = value
-    return list(out.items())
+    return [(k, v) for k, v in parse(items).items()
+            if has_effect(k) and k not in NOT_IN_NAME and not under(k, NOT_IN_NAME_GROUPS)]
 
 
 def _short(key: str, value: str) -> str:
@@ -138,8 +136,7 @@ def _sweep_group() -> str | None:
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
     if hydra is None or hydra.mode != RunMode.MULTIRUN:
         return None
-    excluded = set(hydra.job.config.override_dirname.exclude_keys)
-    keys = sorted({str(o).split("=", 1)[0].lstrip("+~") for o in hydra.overrides.task} - excluded - {"seed"})
+    keys = sorted({key_of(o) for o in hydra.overrides.task if has_effect(key_of(o))} - {"experiment", "seed"})
     return ("sweep-" + ",".join(keys))[:128]  # W&B's limit on group names
 
 
@@ -162,7 +159,7 @@ def build_loggers(cfg) -> list:
 def wandb_logger(cfg, node):
     import wandb  # only when a W&B logger is configured
 
-    kwargs = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    kwargs = plain(node)
     quiet = kwargs.pop("quiet", True)
     checkpoints = kwargs.pop("checkpoints", "reference")
     if checkpoints not in ("reference", "upload", "none"):
@@ -433,7 +430,7 @@ def sync(paths, dry_run: bool = False) -> list[str]:
 
 def main(argv=None) -> None:
     import argparse
-    p = argparse.ArgumentParser(prog="python -m pmsm_exp.tracking",
+    p = argparse.ArgumentParser(prog="python -m pmsm_exp.runs.tracking",
                                 description="sync offline W&B runs (e.g. a sweep folder) and their checkpoint lineage")
     p.add_argument("command", choices=["sync"])
     p.add_argument("paths", nargs="+", help="folders to search for offline-run-*, e.g. logs/train/multiruns/<date>")

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pmsm_exp.conversion import register_converter
 from pmsm_exp.models.vit import AddTokens, AttnSoftmax, MatMul, PatchConv, ViTLayerNorm, ViTLinear
-from pmsm_exp.neurons import MultiStepModule
+from pmsm_exp.snn.conversion import register_converter
+from pmsm_exp.snn.neurons import MultiStepModule
 
 
 class _Stepped(MultiStepModule):

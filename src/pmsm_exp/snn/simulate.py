@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pmsm_exp.errors import UserError
-from pmsm_exp.neurons import multistep_modules, spiking_neurons
+from pmsm_exp.snn.neurons import multistep_modules, spiking_neurons
 
 ENCODINGS = ("static", "first")  # image at every step (CNNs) / at step 1 only, zeros after (ViT)
 READOUTS = ("mean", "sum")
@@ -47,7 +46,7 @@ def check_settings(timesteps: int, encoding: str, readout: str, chunk: int | str
     if readout not in READOUTS:
         raise ValueError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
     if chunk not in (None, "auto") and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise UserError(f"snn.chunk: got {chunk!r}; allowed: a positive integer (timesteps per call "
+        raise ValueError(f"chunk: got {chunk!r}; allowed: a positive integer (timesteps per call "
                         "after t=1) or auto (chosen from the batch and layer sizes)")
 
 

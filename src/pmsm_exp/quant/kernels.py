@@ -3,8 +3,12 @@
 - eager (the reference and the fallback): plain PyTorch with as few temporaries
   as possible (in-place ops on tensors this module allocated itself);
 - compiled: the same arithmetic through `torch.compile` (inductor), one pass over
-  memory per call. Opt in with `set_backend("compile")`; it needs a C++ compiler
-  on CPU (or Triton on GPU) and costs some seconds of compilation per kernel.
+  memory per call; it needs a C++ compiler on CPU (or Triton on GPU) and costs some
+  seconds of compilation per kernel.
+
+Which form runs is a setting of each quantizer and neuron (their `kernels` attribute,
+as spikingjelly keeps a backend on each module; `use_kernels(model, name)` sets it on
+a whole network), passed down to these functions: nothing process-wide is switched.
 
 Both forms perform the same float operations in the same order (z/θ, + 1/2,
 floor, clamp, × θ), so they agree bit for bit; reductions (λ's gradient) are
@@ -23,11 +27,8 @@ import importlib.util
 import os
 import shutil
 import warnings
-from contextlib import contextmanager
-
 import torch
-
-from pmsm_exp.errors import UserError
+from torch import nn
 
 BACKENDS = ("eager", "compile")
 CHOICES = ("auto", *BACKENDS)      # snn.kernels
@@ -36,31 +37,28 @@ CHOICES = ("auto", *BACKENDS)      # snn.kernels
 # about a tenth of every ResNet-20 training step at batch 128 (some 35 ms), so it pays back
 # after roughly 700 steps; shorter runs (tests, smoke runs) stay eager and start at once.
 AUTO_COMPILE_STEPS = 1000
-_backend = "eager"
-_compiled: dict[str, object] = {}
+_compiled: dict[str, object] = {}   # a cache of compiled kernels, not a choice: the modules choose
 
 
-def set_backend(name: str) -> None:
-    """'eager' (default) or 'compile' (torch.compile of the kernels below)."""
-    global _backend
+def check_backend(name: str) -> str:
     if name not in BACKENDS:
-        raise UserError(f"snn.kernels: got {name!r}; allowed: {', '.join(CHOICES)}")
-    _backend = name
+        raise ValueError(f"kernels: got {name!r}; allowed: {', '.join(BACKENDS)}")
+    return name
 
 
-def backend() -> str:
-    return _backend
+def use_kernels(model: nn.Module, name: str) -> nn.Module:
+    """Every quantizer and neuron of `model` (the modules whose class declares `kernels`) runs
+    the kernels `name` from now on; returns the model."""
+    check_backend(name)
+    for m in model.modules():
+        if isinstance(getattr(type(m), "kernels", None), str):
+            m.kernels = name
+    return model
 
 
-@contextmanager
-def using(name: str):
-    """The kernels `name` inside the block, the previous ones after it."""
-    previous = _backend
-    set_backend(name)
-    try:
-        yield
-    finally:
-        set_backend(previous)
+def kernels_of(model: nn.Module) -> set[str]:
+    """The kernels the quantizers and neurons of `model` are set to run."""
+    return {m.kernels for m in model.modules() if isinstance(getattr(type(m), "kernels", None), str)}
 
 
 def eval_backend(choice: str) -> str:
@@ -100,9 +98,9 @@ def compile_fails(device_type: str) -> str:
     without Python's headers, say, must not end a long run at its first step."""
     z = torch.linspace(-3, 3, 2 * 3 * 4 * 4, device=device_type).reshape(2, 3, 4, 4).requires_grad_()
     threshold = torch.tensor(2.0, device=device_type, requires_grad=True)
-    with using("compile"), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the failure is reported as auto's reason instead
-        pqa(z, threshold, 4, -1, 4).sum().backward()
+        pqa(z, threshold, 4, -1, 4, "compile").sum().backward()
     failed = [failures[name] for name in ("pqa_forward", "pqa_backward") if name in failures]
     return f"torch.compile failed here ({failed[0]})"[:300] if failed else ""
 
@@ -142,7 +140,7 @@ def _compiled_call(name: str, eager_fn, *args):
         except Exception as err:  # noqa: BLE001 (inductor raises many kinds: compiler, linker, limits)
             first = next((line for line in str(err).splitlines() if line.strip()), "")
             failures[name] = f"{type(err).__name__}: {first[:200]}"
-            warnings.warn(f"snn.kernels: the compiled {name} kernel failed ({failures[name]}); "
+            warnings.warn(f"the compiled {name} kernel failed ({failures[name]}); "
                           "using the eager kernel, which computes the same values")
     return eager_fn(*args)
 
@@ -150,19 +148,19 @@ def _compiled_call(name: str, eager_fn, *args):
 failures: dict[str, str] = {}   # kernel name -> why its compiled form failed (it then runs eager)
 
 
-def _pqa_forward(z, theta, lo: int, hi: int):
-    order = None if _backend == "eager" else _dense_order(z)
+def _pqa_forward(z, theta, lo: int, hi: int, backend: str):
+    order = None if backend == "eager" else _dense_order(z)
     if order is None:
         return _pqa_forward_eager(z, theta, lo, hi)
     out = _compiled_call("pqa_forward", _pqa_forward_eager, _flat(z, order), theta.detach(), lo, hi)
     return _unflat(out, z.shape, order)
 
 
-def _pqa_backward(g, z, theta, lo: int, hi: int):
+def _pqa_backward(g, z, theta, lo: int, hi: int, backend: str):
     """(dz, the per-element dθ flat in memory order: only ever summed). The compiled kernel only
     when g and z share one dense layout: the eager g·(...) would otherwise be laid out (and so
     summed, for λ) in an order of TensorIterator's choosing, and λ's gradient must keep its bits."""
-    order = None if _backend == "eager" or g.stride() != z.stride() else _dense_order(z)
+    order = None if backend == "eager" or g.stride() != z.stride() else _dense_order(z)
     if order is None:
         return _pqa_backward_eager(g, z, theta, lo, hi)
     grad_z, per_element = _compiled_call("pqa_backward", _pqa_backward_eager,
@@ -240,16 +238,16 @@ class PQAFunction(torch.autograd.Function):
     recomputes in the backward."""
 
     @staticmethod
-    def forward(ctx, z, threshold, levels: int, lo: int, hi: int):
+    def forward(ctx, z, threshold, levels: int, lo: int, hi: int, backend: str):
         theta = threshold / levels
-        ctx.levels, ctx.lo, ctx.hi = levels, lo, hi
-        ctx.residual = _backend == "eager" and _residual_path_exact(z.dtype, lo, hi)
+        ctx.levels, ctx.lo, ctx.hi, ctx.backend = levels, lo, hi, backend
+        ctx.residual = backend == "eager" and _residual_path_exact(z.dtype, lo, hi)
         if ctx.residual:
             out, r = _pqa_train_forward_eager(z, theta, lo, hi)
             ctx.save_for_backward(r)
             return out
         ctx.save_for_backward(z, theta)
-        return _pqa_forward(z, theta, lo, hi)
+        return _pqa_forward(z, theta, lo, hi, backend)
 
     @staticmethod
     def backward(ctx, grad):
@@ -259,17 +257,18 @@ class PQAFunction(torch.autograd.Function):
             buffer = torch.mul(grad, r)
             grad_threshold = buffer.sum() / ctx.levels if ctx.needs_input_grad[1] else None
             grad_z = _select.grad_input(grad, r, -1, 1, grad_input=buffer) if ctx.needs_input_grad[0] else None
-            return grad_z, grad_threshold, None, None, None
+            return grad_z, grad_threshold, None, None, None, None
         z, theta = ctx.saved_tensors
-        grad_z, per_element = _pqa_backward(grad, z, theta, ctx.lo, ctx.hi)
+        grad_z, per_element = _pqa_backward(grad, z, theta, ctx.lo, ctx.hi, ctx.backend)
         grad_threshold = per_element.sum() / ctx.levels if ctx.needs_input_grad[1] else None
-        return (grad_z if ctx.needs_input_grad[0] else None), grad_threshold, None, None, None
+        return (grad_z if ctx.needs_input_grad[0] else None), grad_threshold, None, None, None, None
 
 
-def pqa(z: torch.Tensor, threshold: torch.Tensor, levels: int, lo: int, hi: int) -> torch.Tensor:
+def pqa(z: torch.Tensor, threshold: torch.Tensor, levels: int, lo: int, hi: int,
+        backend: str = "eager") -> torch.Tensor:
     if torch.is_grad_enabled() and (z.requires_grad or threshold.requires_grad):
-        return PQAFunction.apply(z, threshold, levels, lo, hi)
-    return _pqa_forward(z, threshold / levels, lo, hi)
+        return PQAFunction.apply(z, threshold, levels, lo, hi, backend)
+    return _pqa_forward(z, threshold / levels, lo, hi, backend)
 
 
 # ---------------------------------------------------------------- the AIF neuron
@@ -308,8 +307,9 @@ def _aif_steps_eager(currents, membrane, theta, lo: int, hi: int, init: float, k
     return spikes, membrane
 
 
-def aif_steps(currents, membrane, theta, lo: int, hi: int, init: float, keep: bool = True):
-    order = None if _backend == "eager" else _dense_order(currents)
+def aif_steps(currents, membrane, theta, lo: int, hi: int, init: float, keep: bool = True,
+              backend: str = "eager"):
+    order = None if backend == "eager" else _dense_order(currents)
     if order is None or order[0] != 0 or (membrane is not None and membrane.stride() != currents[0].stride()):
         return _aif_steps_eager(currents, membrane, theta, lo, hi, init, keep)
     flat_membrane = None if membrane is None else _flat(membrane, [d - 1 for d in order[1:]])

@@ -33,7 +33,7 @@ from pmsm_exp.analysis.conversion_error import ConversionErrorMeter, layer_mean
 from pmsm_exp.analysis.energy import (CONVENTIONS, E_SPIKE_PJ, SpikeStats, SynapticOpCounter, ann_energy_pj,
                                       count_macs, energy_at_equal_accuracy, snn_energy_pj)
 from pmsm_exp.analysis.plots import plot_accuracy_over_time, plot_conversion_error, plot_layer_spikes
-from pmsm_exp.simulate import simulate
+from pmsm_exp.snn import simulate
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:

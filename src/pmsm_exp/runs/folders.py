@@ -5,35 +5,21 @@ finished, and which checkpoint it continues from.
   newest unfinished run of the same command (same overrides) that has a checkpoint,
   and `resume=PATH` (a run folder or a .ckpt inside one) reuses that run's folder.
 - A multirun job's folder is derived from its experiment and overrides
-  (conf/hydra/default.yaml), so a relaunched sweep lands every job in its previous
+  (conf/hydra/default.yaml, runs/overrides.py), so a relaunched sweep lands every job in its previous
   folder: finished jobs are skipped, jobs with a checkpoint resume, the rest start.
 """
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
 
 import yaml
-from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import OmegaConf
 
-from pmsm_exp import records
 from pmsm_exp.errors import UserError
+from pmsm_exp.runs import records
+from pmsm_exp.runs.overrides import comparable
 
 LAST = Path("checkpoints") / "last.ckpt"
-# overrides that do not change what a run computes: a run started with them is "the same run"
-IGNORED_OVERRIDES = ("resume", "paths.log_dir", "paths.data_dir", "paths.root_dir", "data.data_dir",
-                     "data.num_workers", "trainer.devices", "trainer.num_nodes", "trainer.strategy")
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def comparable(overrides) -> list[str]:
-    return sorted(o for o in overrides if _key(o) not in IGNORED_OVERRIDES)
 
 
 def is_finished(out_dir: Path | str) -> bool:
@@ -99,28 +85,3 @@ def resume_checkpoint(resume, out_dir: Path) -> str | None:
         return str(ckpt)
     ckpt = newest_checkpoint(out_dir)
     return str(ckpt) if ckpt else None
-
-
-class CSVLogger(_LightningCSVLogger):
-    """Lightning's CSVLogger, appending to the run's one `csv/metrics.csv` when a run
-    resumes (Lightning's own deletes the file it finds and starts a new version)."""
-
-    def __init__(self, save_dir: str, name: str = "csv", **kwargs):
-        super().__init__(save_dir, name=name, version="", **kwargs)
-
-    @property
-    def experiment(self):
-        if self._experiment is None and rank_zero_only.rank == 0:
-            metrics = Path(self.log_dir) / "metrics.csv"
-            kept = metrics.with_suffix(".csv.resumed")
-            if metrics.is_file():  # keep it away from Lightning's writer, then put it back
-                os.replace(metrics, kept)
-            with warnings.catch_warnings():  # Lightning's "will be deleted" does not apply: the file was moved
-                warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-                writer = super().experiment
-            if kept.is_file():
-                os.replace(kept, metrics)
-                header = metrics.read_text().splitlines()[:1]
-                writer.metrics_keys = header[0].split(",") if header else []
-            return writer
-        return super().experiment

@@ -1,9 +1,9 @@
 """Every config value checked before any work: one line naming the key, the value, what is allowed.
 
 `check_train_config(cfg)` and `check_convert_config(cfg)` run first in pipeline.train()/convert(),
-before a logger, a run folder or data is touched. They end by building the model and trying
-its conversion, so a setting that cannot convert (pqa=relu snn.neuron=aif) fails before training,
-not after it. `WritableLogDir` is a Hydra callback: Hydra creates the run folder before the job
+before a logger, a run folder or data is touched. `checked_model` then builds the model (the one
+the job trains or converts, once) and tries its conversion, so a setting that cannot convert
+(pqa=relu snn.neuron=aif) fails before training, not after it. `WritableLogDir` is a Hydra callback: Hydra creates the run folder before the job
 starts, so an unwritable paths.log_dir must be caught before Hydra's own mkdir.
 """
 from __future__ import annotations
@@ -15,10 +15,20 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from pmsm_exp.errors import UserError
+from pmsm_exp.config import plain
+from pmsm_exp.engine.switches import COMPILE_MODES
+from pmsm_exp.engine.training import OPTIMIZERS, SCHEDULERS
+from pmsm_exp.errors import CheckpointError, UserError
+from pmsm_exp.jobs.builders import build_model, num_classes, resolve_pqa
+from pmsm_exp.quant import check_pqa_params
+from pmsm_exp.quant.kernels import CHOICES as KERNEL_CHOICES
+from pmsm_exp.quant.pqa import PQAParamError
+from pmsm_exp.runs.checkpoints import load_checkpoint
+from pmsm_exp.snn import ENCODINGS, NEURONS, READOUTS, convert_to_snn
+from pmsm_exp.snn.simulate import check_settings
 
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 EVAL_CHECKPOINTS = ("last", "best")
 PQA_KINDS = ("pqa", "relu")
 # Lightning's precision names (its older aliases 64, 32, 16, "bf16" are accepted too)
@@ -74,32 +84,32 @@ def check_seed(cfg) -> None:
 
 
 def check_pqa(cfg) -> None:
-    from pmsm_exp.conversion import NEURONS
     one_of(cfg, "pqa.kind", PQA_KINDS)
     positive_int(cfg, "pqa.levels")
     number(cfg, "pqa.threshold", 0, lo_open=True)
     one_of(cfg, "pqa.neuron", (*NEURONS, "none"))
-    levels = cfg.pqa.levels
+    bounds = {}
     for key, rule in (("alpha", "<= 0"), ("beta", "> 0")):
         v = cfg.pqa[key]
-        if v == "auto":
-            continue
-        if not (_num(v) and (v <= 0 if key == "alpha" else v > 0)):
+        if v != "auto" and not _num(v):
             fail(f"pqa.{key}", v, f"must be 'auto' or a number {rule}")
-        if abs(v * levels - round(v * levels)) > 1e-9:
-            fail(f"pqa.{key}", v, f"{key}*pqa.levels must be an integer: a multiple of 1/{levels}={1 / levels:g}")
+        bounds[key] = None if v == "auto" else v
+    try:
+        check_pqa_params(cfg.pqa.levels, bounds["alpha"], bounds["beta"])
+    except PQAParamError as err:
+        fail(f"pqa.{err.param}", cfg.pqa[err.param], str(err))
 
 
 def check_snn(cfg) -> None:
-    from pmsm_exp.conversion import NEURONS
-    from pmsm_exp.simulate import ENCODINGS, READOUTS, check_settings
     positive_int(cfg, "snn.timesteps")
     one_of(cfg, "snn.encoding", ("auto", *ENCODINGS))
     one_of(cfg, "snn.readout", ("auto", *READOUTS))
-    check_settings(cfg.snn.timesteps, ENCODINGS[0], READOUTS[0], cfg.snn.get("chunk"))  # snn.chunk: perf's rule
+    try:
+        check_settings(cfg.snn.timesteps, ENCODINGS[0], READOUTS[0], cfg.snn.get("chunk"))
+    except ValueError as err:
+        raise UserError(f"snn.{err}") from None
     if "kernels" in cfg.snn:
-        from pmsm_exp.fused import CHOICES
-        one_of(cfg, "snn.kernels", CHOICES)
+        one_of(cfg, "snn.kernels", KERNEL_CHOICES)
     if "fold_bn" in cfg.snn and not isinstance(cfg.snn.fold_bn, bool):
         fail("snn.fold_bn", cfg.snn.fold_bn, "must be true or false")
     if cfg.snn.neuron is not None:
@@ -107,7 +117,6 @@ def check_snn(cfg) -> None:
 
 
 def check_optim(cfg) -> None:
-    from pmsm_exp.lit import OPTIMIZERS, SCHEDULERS
     one_of(cfg, "optim.name", OPTIMIZERS)
     number(cfg, "optim.lr", 0, lo_open=True)
     number(cfg, "optim.weight_decay", 0, optional=True)
@@ -138,9 +147,8 @@ def check_data(cfg, keys=None) -> None:
 
 
 def check_model_switches(cfg) -> None:
-    """model.channels_last and model.compile (speed.py); absent keys are off. In convert.py
+    """model.channels_last and model.compile (engine/switches.py); absent keys are off. In convert.py
     null means "as the checkpoint's training run"."""
-    from pmsm_exp.speed import COMPILE_MODES
     model = OmegaConf.select(cfg, "model", default=None) or {}
     nullable = cfg.get("task_name") == "convert"
     value = model.get("channels_last", False)
@@ -167,32 +175,30 @@ def check_trainer(cfg) -> None:
              ">= 8.0): use 16-mixed or 32-true")
 
 
-def num_classes(data: dict) -> int | None:
-    return data.get("num_classes") or NUM_CLASSES.get(data.get("name"))
-
-
-def try_conversion(model_cfg: dict, pqa: dict, neuron: str, classes: int, state: dict | None = None) -> None:
-    """Build the model (no starting weights fetched) and convert it, as evaluation will."""
-    from pmsm_exp.conversion import convert_to_snn
-    from pmsm_exp.pipeline import build_model
-    model_cfg = {k: v for k, v in model_cfg.items() if k not in ("pretrained", "checkpoint")}
+def checked_model(model_cfg: dict, pqa: dict, neuron: str, classes: int, state: dict | None = None,
+                  ckpt_path=None) -> nn.Module:
+    """The job's model, built (with its starting weights, or `state` from a checkpoint) and tried
+    through conversion as evaluation will convert it; every failure one line."""
     try:
         model = build_model(model_cfg, pqa, classes)
     except (ValueError, TypeError) as err:
         raise UserError(f"model: cannot build {model_cfg.get('name')!r} with these settings: "
                         f"{str(err).splitlines()[0]}") from None
     if state is not None:  # the learned thresholds decide convertibility (lambda > 0)
-        model.load_state_dict({k: v for k, v in state.items() if k.endswith(".threshold")}, strict=False)
-    if neuron == "none":
-        return
-    try:
-        convert_to_snn(model, neuron)
-    except ValueError as err:
-        raise UserError(f"snn.neuron: got {neuron!r}; cannot convert model={model_cfg.get('name')} with "
-                        f"pqa kind={pqa.get('kind')!r}, alpha={pqa.get('alpha')}: {str(err).splitlines()[0]}") from None
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {ckpt_path} does not fit model {model_cfg.get('name')}: "
+                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if neuron != "none":
+        try:
+            convert_to_snn(model, neuron)
+        except ValueError as err:
+            raise UserError(f"snn.neuron: got {neuron!r}; cannot convert model={model_cfg.get('name')} with pqa "
+                            f"kind={pqa.get('kind')!r}, alpha={pqa.get('alpha')}: {str(err).splitlines()[0]}") from None
+    return model
 
 
-def _neuron(cfg, pqa: dict) -> str:
+def job_neuron(cfg, pqa: dict) -> str:
     neuron = cfg.snn.neuron or pqa.get("neuron") or "none"
     if neuron == "if" and pqa.get("alpha", 0) != 0:
         fail("snn.neuron", neuron, f"the QCFS IF neuron needs pqa.alpha=0 (got alpha={pqa['alpha']}); use pqa=qcfs "
@@ -210,8 +216,9 @@ def check_schedule(cfg) -> None:
 
 
 # ---------------------------------------------------------------- the two jobs
-def check_train_config(cfg: DictConfig) -> None:
-    from pmsm_exp.pipeline import plain, resolve_pqa
+def check_train_config(cfg: DictConfig) -> dict:
+    """Every value of a train job; returns the resolved quantizer settings (alpha/beta 'auto'
+    chosen once, here)."""
     check_seed(cfg)
     check_schedule(cfg)
     check_optim(cfg)
@@ -224,19 +231,18 @@ def check_train_config(cfg: DictConfig) -> None:
     if classes is None:
         fail("data.num_classes", None, f"data.name={cfg.data.name!r} needs data.num_classes (a positive integer)")
     try:
-        pqa = resolve_pqa(cfg.pqa)
+        return resolve_pqa(cfg.pqa)
     except ValueError as err:
         raise UserError(f"pqa: {str(err).splitlines()[0]}") from None
-    try_conversion(plain(cfg.model), pqa, _neuron(cfg, pqa), classes)
 
 
 CONVERT_DATA_KEYS = ("data_dir", "batch_size", "num_workers", "test_subset")
+NOT_REBUILT = ("pretrained", "checkpoint")   # starting weights: a convert job's come from its checkpoint
 
 
-def check_convert_config(cfg: DictConfig) -> tuple[dict, dict]:
-    """Checks convert.py's own values and the checkpoint; returns (stored run config, model state)."""
-    from pmsm_exp.checkpoints import load_checkpoint
-    from pmsm_exp.pipeline import plain
+def check_convert_config(cfg: DictConfig) -> tuple[dict, nn.Module]:
+    """Checks convert.py's own values and the checkpoint; returns (the stored run config, the
+    trained model with the checkpoint's weights, its conversion tried)."""
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
         raise UserError("ckpt_path: missing; give ckpt_path=PATH to a .ckpt written by train.py, "
                         "e.g. logs/train/runs/<date>/checkpoints/last.ckpt")
@@ -260,8 +266,9 @@ def check_convert_config(cfg: DictConfig) -> tuple[dict, dict]:
         fail(f"data.{unknown[0]}", data[unknown[0]], f"not a setting of the checkpoint's data config "
              f"({trained_on.get('name')}: {', '.join(sorted(trained_on))})")
     pqa = stored.get("pqa", {})
-    try_conversion(stored.get("model", {}), pqa, _neuron(cfg, pqa), num_classes(trained_on) or 10, state)
-    return stored, state
+    model_cfg = {k: v for k, v in stored.get("model", {}).items() if k not in NOT_REBUILT}
+    model = checked_model(model_cfg, pqa, job_neuron(cfg, pqa), num_classes(trained_on) or 10, state, cfg.ckpt_path)
+    return stored, model
 
 
 # ---------------------------------------------------------------- paths (before Hydra's mkdir)

@@ -10,7 +10,7 @@ from pmsm_exp.errors import DivergedError
 class StopOnDivergence(L.Callback):
     """Stops training at a non-finite loss, naming its global step, and refuses to write a
     checkpoint with non-finite weights, so the last checkpoint on disk is always finite.
-    The job wrapper (cli.py) records status "diverged".
+    The job wrapper (jobs/wrapper.py) records status "diverged".
 
     A step's loss is checked when the next step's forward has been queued (or at the epoch's
     end, or before any checkpoint): reading it at once would stall a GPU on every step."""

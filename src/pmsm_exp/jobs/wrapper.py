@@ -6,7 +6,8 @@
   traceback in the job's log file (train.log / convert.log), the W&B run finished as
   failed; then the error is raised again, so Hydra fails the job: a single run exits 1,
   a multirun goes on with the next job and exits non-zero at the end. Known user
-  mistakes become a `UserError`, which Hydra prints as one line;
+  mistakes (any `ValueError`, a missing file) and divergence are raised as a `JobError`,
+  which Hydra prints as one line (the method below raises plain Python errors);
 - stopped by a signal (preemption): the checkpoint is saved (preemption.Resumable),
   nothing is recorded, the process exits 128 + signal and the next launch resumes.
 """
@@ -18,19 +19,23 @@ import traceback
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from hydra.errors import CompactHydraException
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import OmegaConf
 
-from pmsm_exp import records
-from pmsm_exp.data import DatasetNotFoundError
-from pmsm_exp.errors import DivergedError, UserError
-from pmsm_exp.pipeline import CheckpointError, close_wandb
-from pmsm_exp.preemption import Preempted
-from pmsm_exp.runs import is_finished
+from pmsm_exp.engine.preemption import Preempted
+from pmsm_exp.errors import DivergedError
+from pmsm_exp.runs import records, tracking
+from pmsm_exp.runs.folders import is_finished
 
-USER_ERRORS = (ValueError, FileNotFoundError, DatasetNotFoundError, CheckpointError)
+USER_ERRORS = (ValueError, FileNotFoundError)   # UserError, CheckpointError, DatasetNotFoundError among them
 log = logging.getLogger("pmsm_exp")
+
+
+class JobError(CompactHydraException):
+    """A job's failure that Hydra prints as its one line, without a traceback: a user mistake or
+    divergence (the traceback is in the job's log file)."""
 
 
 def route_logging() -> None:
@@ -78,7 +83,7 @@ def record_failure(cfg, out_dir: Path, err: BaseException, status: str) -> None:
         records.write_metrics(out_dir, {"run": failure_record(cfg), "error": one_line(err)}, status)
     except OSError as write_err:  # e.g. a read-only log folder: the error itself matters more
         log.error("could not write %s: %s", out_dir / records.METRICS_FILE, write_err)
-    close_wandb(exit_code=1)
+    tracking.close(exit_code=1)
 
 
 def job(fn):
@@ -95,12 +100,12 @@ def job(fn):
             return fn(cfg)
         except DivergedError as err:
             record_failure(cfg, out_dir, err, records.DIVERGED)
-            raise
+            raise JobError(str(err).strip().splitlines()[0]) from None
         except SIGTERMException as err:  # Lightning's SIGTERM stop carries exit status 0: a preemption is not a success
             raise Preempted(128 + 15) from err
         except Exception as err:
             record_failure(cfg, out_dir, err, records.FAILED)
-            if isinstance(err, USER_ERRORS) and not isinstance(err, UserError):
-                raise UserError(one_line(err)) from None
+            if isinstance(err, USER_ERRORS):
+                raise JobError(one_line(err)) from None
             raise
     return wrapper

@@ -4,8 +4,8 @@ Each quantizer becomes a spiking neuron; conv, linear, norm, pooling, dropout
 stay as they are (they run on all timesteps at once, see `neurons.py`). Other
 architectures add converters for their own modules with `register_converter`,
 from the SNN side: the spiking ViT (`spiking_vit.py`) registers its attention
-parts, and is imported here when a conversion starts, so that no model file
-imports anything about spikes.
+parts when the `snn` package is imported, so that no model file imports
+anything about spikes.
 
 Whatever is left after replacement must be a leaf on the allow-list below
 (`allow_leaf` extends it): any other leaf (an activation, a custom `Swish`)
@@ -14,7 +14,6 @@ would silently run in float in the "SNN", so it is refused by its path.
 from __future__ import annotations
 
 import copy
-import importlib
 import math
 from typing import Callable
 
@@ -27,14 +26,12 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _AvgPoolNd, _MaxPoolNd
 
-from pmsm_exp.neurons import MultiStepModule, SpikingNeuron, aif_neuron, if_neuron, stbif_neuron
+from pmsm_exp.snn.neurons import MultiStepModule, SpikingNeuron, aif_neuron, if_neuron, stbif_neuron
 from pmsm_exp.quant import PQA
 
 NEURONS = ("aif", "if", "stbif")
 Converter = Callable[[nn.Module, str], nn.Module]
 _CONVERTERS: dict[type, Converter] = {}
-# SNN-side modules that register converters for model-specific types; imported on first conversion
-CONVERTER_MODULES = ["pmsm_exp.spiking_vit"]
 
 # Leaves that may stay in an SNN as they are: stateless maps applied to every timestep alike
 _ALLOWED_LEAVES: list[type] = [
@@ -63,11 +60,6 @@ def allow_leaf(module_type: type) -> type:
     return module_type
 
 
-def _load_converter_modules() -> None:
-    for name in CONVERTER_MODULES:
-        importlib.import_module(name)
-
-
 @register_converter(PQA)
 def convert_pqa(q: PQA, neuron: str) -> SpikingNeuron:
     lam = q.threshold.detach()
@@ -77,15 +69,18 @@ def convert_pqa(q: PQA, neuron: str) -> SpikingNeuron:
     if neuron == "aif":
         # θ = λ/L is computed by the neuron at forward time, in its current dtype, as PQA does:
         # casting the SNN afterwards (64-true, bf16-true) keeps step 1 bit-exact
-        return aif_neuron(lam, q.min_level, q.max_level, levels=q.levels)
-    if neuron == "stbif":
-        return stbif_neuron(lam, q.min_level, q.max_level, levels=q.levels)
-    if q.alpha != 0:
+        spiking = aif_neuron(lam, q.min_level, q.max_level, levels=q.levels)
+    elif neuron == "stbif":
+        spiking = stbif_neuron(lam, q.min_level, q.max_level, levels=q.levels)
+    elif q.alpha != 0:
         raise ValueError(f"the QCFS IF neuron emits no negative spikes: it needs alpha=0, got alpha={q.alpha}; "
                          "use neuron='aif' for polarity quantizers")
-    # PQA(L, 0, β) with λ is QCFS's quantizer with βL levels and threshold βλ: the IF neuron
-    # then saturates at βλ, as the quantizer does (for β = 1 the threshold is λ itself)
-    return if_neuron(lam if q.max_level == q.levels else lam * (q.max_level / q.levels))
+    else:
+        # PQA(L, 0, β) with λ is QCFS's quantizer with βL levels and threshold βλ: the IF neuron
+        # then saturates at βλ, as the quantizer does (for β = 1 the threshold is λ itself)
+        spiking = if_neuron(lam if q.max_level == q.levels else lam * (q.max_level / q.levels))
+    spiking.kernels = q.kernels   # the quantizer's kernel choice carries over to its neuron
+    return spiking
 
 
 class StepwiseLinear(nn.Linear, MultiStepModule):
@@ -144,7 +139,6 @@ def convert_to_snn(model: nn.Module, neuron: str = "aif") -> nn.Module:
     """
     if neuron not in NEURONS:
         raise ValueError(f"unknown neuron {neuron!r}; valid: {', '.join(NEURONS)}")
-    _load_converter_modules()
     snn = copy.deepcopy(model).eval()
     if type(snn) in _CONVERTERS:
         raise ValueError(f"the model itself is a {type(snn).__name__}; convert a network that contains it")

@@ -8,7 +8,7 @@
   torch's modes). The compiled wrapper is not a submodule: checkpoints keep the plain
   `model.*` keys, and conversion and evaluation use the uncompiled model.
 - `eval_precision`: mixed precision (autocast) is a training setting; the QANN/SNN
-  evaluation keeps its full-precision arithmetic (see lit.EvalModule).
+  evaluation keeps its full-precision arithmetic (see engine/evaluation.EvalModule).
 
 The model builders never see these keys (`split_model_config`).
 """

@@ -4,8 +4,9 @@
 
 QCFS (Bu et al. 2022, the classic quantized activation) is the same module
 with α = 0, β = 1; SpikeZIP-TF's signed quantizer is α = -1/2, β = 1/2 - 1/L.
-The forward arithmetic (θ = λ/L, then z/θ + 1/2, floor, clamp, times θ) is
-the contract the spiking neurons in `neurons.py` reproduce bit for bit.
+The forward arithmetic (θ = λ/L, then z/θ + 1/2, floor, clamp, times θ; one
+fused op each way, `kernels.py`) is the contract the spiking neurons in
+`snn/neurons.py` reproduce bit for bit.
 """
 from __future__ import annotations
 
@@ -14,46 +15,46 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pmsm_exp import fused
+from pmsm_exp.quant import kernels
+
+
+class PQAParamError(ValueError):
+    """A bad L, α or β; `param` names which ("levels", "alpha" or "beta")."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
 
 
 def check_pqa_params(levels, alpha, beta) -> None:
-    """Raise ValueError naming the bad value and the rule it breaks."""
+    """The one check of L, α and β (the config checks and the entropy analysis use it too):
+    raise PQAParamError naming the bad value and the rule it breaks. None skips a bound
+    (an `auto` one, chosen later)."""
     if isinstance(levels, bool) or not float(levels).is_integer() or levels <= 0:
-        raise ValueError(f"PQA levels L must be a positive integer, got L={levels!r}")
-    if not beta > 0:
-        raise ValueError(f"PQA upper bound beta must be > 0, got beta={beta!r}")
-    if not alpha <= 0:
-        raise ValueError(f"PQA lower bound alpha must be <= 0, got alpha={alpha!r}")
+        raise PQAParamError("levels", f"levels={levels!r}: the number of PQA levels L must be a positive integer "
+                                      f"(got L={levels!r})")
+    if beta is not None and not beta > 0:
+        raise PQAParamError("beta", f"beta={beta!r}: PQA's upper bound beta must be > 0")
+    if alpha is not None and not alpha <= 0:
+        raise PQAParamError("alpha", f"alpha={alpha!r}: PQA's lower bound alpha must be <= 0")
     for name, bound in (("alpha", alpha), ("beta", beta)):
-        scaled = bound * levels
-        if abs(scaled - round(scaled)) > 1e-9:
-            raise ValueError(
-                f"PQA needs {name}*L to be an integer, got {name}={bound!r} with L={levels} "
-                f"({name}*L={scaled!r}); pick {name} as a multiple of 1/L={1 / levels!r}")
-
-
-class _FloorClampSTE(torch.autograd.Function):
-    """clamp(floor(y), lo, hi); gradient 1 where the clamp is inactive, else 0."""
-
-    @staticmethod
-    def forward(ctx, y, lo: int, hi: int):
-        k = torch.floor(y)
-        ctx.save_for_backward((k >= lo) & (k <= hi))
-        return torch.clamp(k, lo, hi)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (inside,) = ctx.saved_tensors
-        return grad * inside, None, None
+        scaled = None if bound is None else bound * levels
+        if scaled is not None and abs(scaled - round(scaled)) > 1e-9:
+            raise PQAParamError(name, f"{name}={bound!r} with L={levels:g} levels: {name}*L ({name}*levels) = "
+                                      f"{scaled!r} must be an integer; pick {name} as a multiple of "
+                                      f"1/L={1 / levels!r}")
 
 
 class PQA(nn.Module):
     """Polarity quantized activation with a learnable per-layer threshold λ.
 
     Gradients: straight-through for the floor, zero where the clamp is active,
-    and λ learns through autograd as in QCFS.
+    and λ's gradient summed from each element's dPQA/dθ, as autograd would give it
+    (`kernels.PQAFunction`). `kernels` picks the eager or compiled form of that
+    arithmetic (the same values): `kernels.use_kernels(model, name)`.
     """
+
+    kernels = "eager"
 
     def __init__(self, levels: int = 8, alpha: float = -0.25, beta: float = 1.0,
                  threshold: float = 8.0, learn_threshold: bool = True):
@@ -78,15 +79,8 @@ class PQA(nn.Module):
         """θ = λ/L, computed exactly as the converted neuron computes it."""
         return self.threshold / self.levels
 
-    def quantized_levels(self, z: torch.Tensor) -> torch.Tensor:
-        """The integer level k of each input (what an AIF neuron emits at t = 1)."""
-        if not torch.is_grad_enabled():
-            return torch.clamp(torch.floor(z / self.step_size() + 0.5), self.min_level, self.max_level)
-        return _FloorClampSTE.apply(z / self.step_size() + 0.5, self.min_level, self.max_level)
-
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        # one fused op each way (fused.py): quantized_levels(z) * step_size(), same arithmetic
-        return fused.pqa(z, self.threshold, self.levels, self.min_level, self.max_level)
+        return kernels.pqa(z, self.threshold, self.levels, self.min_level, self.max_level, self.kernels)
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, alpha={self.alpha}, beta={self.beta}, threshold={self.threshold.item():.4g}"

@@ -16,7 +16,7 @@ import functools
 import torch
 from torch import nn
 
-from pmsm_exp import fused
+from pmsm_exp.quant import kernels
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,6 +86,8 @@ class SpikingNeuron(MultiStepModule):
     # `record = False` skips the spike bookkeeping (e.g. a throughput benchmark); the counts
     # are then empty and `steps_done` still advances
     record = True
+    # the eager or compiled form of the same arithmetic (quant/kernels.py; `use_kernels` sets it)
+    kernels = "eager"
     # `keep_membrane = False` (set by `simulate` for its last call): the membrane after the call's
     # last step is dropped, and that step fires in place, exactly as the quantizer computes
     keep_membrane = True
@@ -109,9 +111,9 @@ class SpikingNeuron(MultiStepModule):
             self.batch_size = currents.shape[1]
             self.neurons_per_sample = currents[0, 0].numel()
         theta = self.theta
-        if self.total_bounds is None:   # AIF / IF: the fused kernel (fused.py)
-            spikes, self.membrane = fused.aif_steps(currents, self.membrane, theta, -self.max_neg,
-                                                    self.max_pos, self.init_membrane, self.keep_membrane)
+        if self.total_bounds is None:   # AIF / IF: the fused kernel (quant/kernels.py)
+            spikes, self.membrane = kernels.aif_steps(currents, self.membrane, theta, -self.max_neg, self.max_pos,
+                                                      self.init_membrane, self.keep_membrane, self.kernels)
         else:
             spikes = self._stbif_steps(currents)
         self.steps_done += currents.shape[0]

@@ -11,7 +11,7 @@ run draws the same batches and augmentations as an uninterrupted one, and saves
 - submitit's USR2 (hydra/launcher=submitit_*): submitit requeues the Hydra job and
   exits (SystemExit), which is saved here too;
 - Ctrl-C (KeyboardInterrupt).
-`runs.resume_checkpoint` then finds the newest of these files.
+`runs.folders.resume_checkpoint` then finds the newest of these files.
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Paper-style tables rebuilt from the metrics.json files that runs leave on disk.
 
-    python -m pmsm_exp.report accuracy --logs logs [--experiment E ...] [--timesteps 1 8] [--out results] [--wandb]
-    python -m pmsm_exp.report ablation --logs logs --experiment ablation_alpha --param alpha --timesteps 1
-    python -m pmsm_exp.report energy   --logs logs --experiment table3_vgg16_cifar10 --timesteps 1 2
-    python -m pmsm_exp.report latest   --logs logs --experiment table3_vgg16_cifar10 --method pmsm
-    python -m pmsm_exp.report plot     --logs logs --experiment table1_resnet20_cifar10 --name table1_over_t
+    python -m pmsm_exp.runs.report accuracy --logs logs [--experiment E ...] [--timesteps 1 8] [--out results] [--wandb]
+    python -m pmsm_exp.runs.report ablation --logs logs --experiment ablation_alpha --param alpha --timesteps 1
+    python -m pmsm_exp.runs.report energy   --logs logs --experiment table3_vgg16_cifar10 --timesteps 1 2
+    python -m pmsm_exp.runs.report latest   --logs logs --experiment table3_vgg16_cifar10 --method pmsm
+    python -m pmsm_exp.runs.report plot     --logs logs --experiment table1_resnet20_cifar10 --name table1_over_t
 
 One row per setting and metric. Runs are grouped by experiment, task, model, data,
 method, the resolved quantizer (L, alpha, beta, lambda0) and every other override
@@ -41,28 +41,25 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-from pmsm_exp.records import DIVERGED, FAILED, FINISHED, METRICS_FILE, RUNNING, read_metrics
+from pmsm_exp.runs.overrides import has_effect, under
+from pmsm_exp.runs.overrides import parse as parse_overrides
+from pmsm_exp.runs.records import DIVERGED, FAILED, FINISHED, METRICS_FILE, RUNNING, read_metrics
 
 TABLES = ("accuracy", "ablation", "energy")
 BASELINE = "qcfs"   # Table 3's ratio: baseline power / method power at the same T
 
-# Overrides that are not settings of a row: replicates (seed, the checkpoint a convert
-# run evaluates), values shown in their own columns (experiment, model, data, method,
-# L/alpha/beta/lambda0), and keys that cannot change a result. trainer.devices and the
-# trainer group stay settings: under DDP they change the global batch.
+# Overrides that are not settings of a row, besides those that change nothing (runs/overrides.py):
+# replicates (seed, the checkpoint a convert run evaluates), values shown in columns of their own
+# (experiment, model, data, method, L/alpha/beta/lambda0, T), and analysis=..., which adds files
+# to a run but no number to its row. trainer.devices stays a setting (see runs/overrides.py).
 NOT_SETTINGS = (
-    "seed", "ckpt_path", "resume", "task_name",
+    "seed", "ckpt_path", "task_name",
     "experiment", "experiment_name", "model", "model.name", "data", "data.name",
     "pqa", "pqa.method", "pqa.levels", "pqa.alpha", "pqa.beta", "pqa.threshold",
     "snn.neuron",            # the method column names a non-default neuron (pmsm+stbif)
     "snn.timesteps",         # how many steps are simulated; the value at each T is the same
-    "snn.chunk",             # steps per call of the same simulation
-    "snn.kernels",           # eager or compiled kernels: the same arithmetic, the same values
-    "data.num_workers", "data.data_dir", "data.download", "data.pin_memory", "data.persistent_workers",
-    "trainer.accelerator", "trainer.strategy", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
 )
-NOT_SETTINGS_UNDER = ("paths", "logger", "hydra", "analysis")   # and every key below them
+NOT_SETTINGS_UNDER = ("analysis",)   # and every key below it
 
 
 ACCURACY = ("ann_acc", "snn_acc")
@@ -183,12 +180,8 @@ def collect(logs: Path, experiments: list[str] | None = None) -> Selection:
 # ---------------------------------------------------------------- grouping
 def _overrides(record: dict) -> dict[str, str]:
     """The run's command-line overrides that are settings of its row, as key -> value."""
-    out = {}
-    for o in record.get("overrides") or []:
-        key, _, value = o.lstrip("+").partition("=")
-        if key not in NOT_SETTINGS and not any(key == k or key.startswith(k + ".") for k in NOT_SETTINGS_UNDER):
-            out[key] = value
-    return out
+    return {k: v for k, v in parse_overrides(record.get("overrides")).items()
+            if has_effect(k) and k not in NOT_SETTINGS and not under(k, NOT_SETTINGS_UNDER)}
 
 
 def _portable(path: str) -> str:
@@ -333,7 +326,7 @@ class PaperValue:
 
 def paper_results() -> list[PaperValue]:
     """Tables 1-3 and Fig. 3 of the paper, transcribed once into paper_results.csv (percent as printed)."""
-    text = resources.files("pmsm_exp").joinpath("paper_results.csv").read_text()
+    text = resources.files("pmsm_exp.runs").joinpath("paper_results.csv").read_text()
     out = []
     for row in csv.DictReader(io.StringIO(text)):
         value = float(row["value"]) if row["value"] else None
@@ -535,7 +528,7 @@ def write(kind: str, rows: list[dict], sel: Selection, text: str, out: Path, nam
 def log_wandb(kind: str, name: str, rows: list[dict], sel: Selection, out: Path, mode: str, project: str) -> list[str]:
     """The table (and the runs left out) as W&B Tables in one job_type=report run per experiment,
     in that experiment's W&B group; returns the runs' folders."""
-    from pmsm_exp.tracking import log_report_table  # only when asked for: the tables need no W&B
+    from pmsm_exp.runs.tracking import log_report_table  # only when asked for: the tables need no W&B
     dirs = []
     for experiment in sorted({r["experiment"] for r in rows}):
         left_out = [{"run": x.rel, "reason": x.reason} for x in sorted(sel.left_out, key=lambda x: x.rel)
