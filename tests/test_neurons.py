@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -64,9 +66,8 @@ def test_spike_counts_with_and_without_the_int8_product(monkeypatch, int_mm):
     # op), else the float path; both must count what a plain sum counts
     if not int_mm:
         monkeypatch.delattr(torch, "_int_mm", raising=False)
-    g = torch.Generator().manual_seed(3)
     theta = torch.tensor(0.25)
-    currents = torch.randn(3, 5, 8, 4, 4, generator=g) * 1.5
+    currents = dyadic_currents(3, 5, 8, 4, 4, scale=1.5, seed=3)
     spikes_ref, _ = reference_aif(currents, theta, -4, 8)
     n = aif_neuron(theta, min_level=-4, max_level=8)
     assert torch.equal(run(n, currents), spikes_ref)
@@ -84,23 +85,38 @@ def test_if_neuron_one_positive_spike_of_threshold():
     assert out.tolist() == [[2.0, 0.0, 2.0], [2.0, 0.0, 0.0], [2.0, 0.0, 2.0]]
 
 
-def reference_aif(currents, theta, lo, hi, init=0.5):
-    """Eq. 3-6 as a plain loop: m = v + z/θ, s = clamp(floor(m)), v = m - s (units of θ)."""
-    v = None
-    spikes = []
-    for z in currents:
-        m = z / theta + init if v is None else v + z / theta
-        s = torch.clamp(torch.floor(m), lo, hi)
-        v = m - s
-        spikes.append(s)
-    return torch.stack(spikes), v
+def reference_aif(currents, theta, lo, hi):
+    """DESIGN.md §1, Eq. 3-6, in absolute units (volts), one neuron at a time in plain Python:
+    v(0) = θ/2; m = v + z; s = clamp(floor(m/θ), lo, hi); v = m - s·θ. Returns (spikes [T, ...],
+    the membrane after the last step in units of θ, as the neuron keeps it). Written apart from the
+    kernels (which keep v/θ and never divide m): the inputs of the tests that use it are dyadic,
+    so both forms are exact and must agree to the bit."""
+    theta = float(theta)
+    flat = currents.reshape(currents.shape[0], -1).double().tolist()
+    spikes, volts = [], [theta / 2] * len(flat[0])
+    for row in flat:
+        step = []
+        for i, z in enumerate(row):
+            m = volts[i] + z
+            s = min(max(math.floor(m / theta), lo), hi)
+            volts[i] = m - s * theta
+            step.append(float(s))
+        spikes.append(step)
+    out = torch.tensor(spikes, dtype=currents.dtype).reshape(currents.shape)
+    return out, (torch.tensor(volts, dtype=torch.float64) / theta).to(currents.dtype).reshape(currents.shape[1:])
+
+
+def dyadic_currents(*shape, scale=2.0, seed=0, dtype=torch.float32):
+    """Random currents on a 1/64 grid: with a power-of-two θ every sum and quotient is exact, and
+    many land exactly on a level (the floor's ties)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale * 64).round().div(64).to(dtype)
 
 
 @pytest.mark.parametrize("split", [(7,), (1, 6), (1, 3, 3), (1, 1, 1, 1, 1, 1, 1)])
 def test_aif_equals_plain_loop_over_calls(split):
-    g = torch.Generator().manual_seed(0)
-    theta = torch.tensor(0.3)
-    currents = torch.randn(7, 16, 3, 5, generator=g) * 2
+    theta = torch.tensor(0.25)
+    currents = dyadic_currents(7, 16, 3, 5, seed=0)
     spikes_ref, v_ref = reference_aif(currents, theta, -2, 8)
     n = aif_neuron(theta, min_level=-2, max_level=8)
     outs, start = [], 0
@@ -150,9 +166,8 @@ def test_stbif_one_spike_per_step_and_tracer_reaches_the_level():
 @pytest.mark.parametrize("split", [(6,), (1, 2, 3)])
 def test_counts_in_every_path_equal_plain_loop(lo, hi, dtype, split):
     # 16 neurons per sample: counted in int8 on CPU (levels up to 127), in float above
-    g = torch.Generator().manual_seed(1)
-    theta = torch.tensor(0.3, dtype=dtype)
-    currents = (torch.randn(6, 5, 4, 4, generator=g, dtype=dtype) * (3 if hi < 100 else 40))
+    theta = torch.tensor(0.25, dtype=dtype)
+    currents = dyadic_currents(6, 5, 4, 4, scale=3 if hi < 100 else 40, seed=1, dtype=dtype)
     spikes_ref, v_ref = reference_aif(currents, theta, lo, hi)
     n = aif_neuron(theta, min_level=lo, max_level=hi)
     start = 0
@@ -166,9 +181,8 @@ def test_counts_in_every_path_equal_plain_loop(lo, hi, dtype, split):
 
 
 def test_last_call_without_membrane_fires_like_the_loop():
-    g = torch.Generator().manual_seed(2)
-    theta = torch.tensor(0.3)
-    currents = torch.randn(5, 8, 6, generator=g) * 2
+    theta = torch.tensor(0.25)
+    currents = dyadic_currents(5, 8, 6, seed=2)
     spikes_ref, _ = reference_aif(currents, theta, -2, 8)
     for split in [(5,), (1, 4), (1, 2, 2), (1,)]:
         n = aif_neuron(theta, min_level=-2, max_level=8)
@@ -184,3 +198,26 @@ def test_last_call_without_membrane_fires_like_the_loop():
         n.reset_state()
         n.keep_membrane = True
         assert torch.equal(run(n, currents[:1]), spikes_ref[:1])
+
+
+@pytest.mark.parametrize("z", [0.3, -0.7, 2.45, 0.125, -0.0625, 1.0 / 3])
+def test_constant_input_cumulative_spikes_closed_form(z):
+    """Unclipped constant input z: after t steps exactly floor(t·z/θ + 1/2) spikes in all (v stays in
+    [0, θ) from v(0) = θ/2), for every t; a hard reset or another v(0) breaks it."""
+    theta, steps = 0.25, 40
+    n = aif_neuron(torch.tensor(theta, dtype=torch.float64), min_level=-100, max_level=100)
+    s = run(n, torch.full((steps, 1), z, dtype=torch.float64))
+    expected = [math.floor(t * z / theta + 0.5) for t in range(1, steps + 1)]
+    assert s.flatten().cumsum(0).tolist() == expected
+
+
+@pytest.mark.parametrize("z", [-9.0, -2.5, -0.3, 0.0, 0.7, 3.9, 12.0])
+def test_constant_input_mean_output_tends_to_the_clipped_input(z):
+    """PMSM's AIF (L=8, α=-0.25, β=1, λ=4, θ=1/2): the mean output over T steps is within θ/(2T)
+    of clamp(z, αλ, βλ) (the clipped, unquantized input)."""
+    levels, alpha, beta, lam, steps = 8, -0.25, 1.0, 4.0, 64
+    n = aif_neuron(torch.tensor(lam / levels, dtype=torch.float64), min_level=round(alpha * levels),
+                   max_level=round(beta * levels))
+    out = run(n, torch.full((steps, 1), z, dtype=torch.float64)) * (lam / levels)
+    target = min(max(z, alpha * lam), beta * lam)
+    assert abs(out.mean().item() - target) <= lam / levels / (2 * steps) + 1e-12

@@ -191,7 +191,8 @@ def checked_model(model_cfg: dict, pqa: dict, neuron: str, classes: int, state: 
                                   f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     if neuron != "none":
         try:
-            convert_to_snn(model, neuron)
+            with torch.random.fork_rng(devices=[]):   # a trial: new layers draw initial weights, the run must not see it
+                convert_to_snn(model, neuron)
         except ValueError as err:
             raise UserError(f"snn.neuron: got {neuron!r}; cannot convert model={model_cfg.get('name')} with pqa "
                             f"kind={pqa.get('kind')!r}, alpha={pqa.get('alpha')}: {str(err).splitlines()[0]}") from None
