@@ -139,7 +139,8 @@ def train_run(tmp_path_factory):
 
 def test_train_writes_metrics_checkpoint_and_wandb(train_run):
     run_dir, metrics, stdout = train_run
-    assert set(metrics) == {"status", "run", "qann", "snn", "analysis"} and metrics["status"] == "finished"
+    assert set(metrics) == {"status", "run", "qann", "snn", "analysis", "data", "training", "config", "provenance"}
+    assert metrics["status"] == "finished"
     r = metrics["run"]
     assert (r["model"], r["data"], r["method"], r["seed"]) == ("resnet20", "synthetic", "pmsm", 42)
     assert r["pqa"]["levels"] == 8 and r["pqa"]["alpha"] == -0.25 and r["pqa"]["beta"] == 1.0

@@ -67,7 +67,7 @@ def mixed(tmp_path_factory):
 @pytest.fixture(scope="module")
 def table(mixed, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    rows = report.main(["accuracy", "--logs", str(mixed), "--timesteps", "1", "2", "--out", str(out)])
+    rows = report.main(["accuracy", "--logs", str(mixed), "--timesteps", "1", "2", "--out", str(out), "--format", "long"])
     return rows, out
 
 
@@ -137,7 +137,7 @@ def test_units_fractions_in_files_percent_in_print(table, capsys, mixed):
              and r["metric"] == "snn_acc" and r["T"] == "2")
     assert float(r["ours"]) == pytest.approx(0.85) and float(r["paper"] or 0) <= 1
     report.main(["accuracy", "--logs", str(mixed), "--experiment", "table1_vgg16_cifar10", "--timesteps", "1",
-                 "--out", str(out / "again")])
+                 "--out", str(out / "again"), "--format", "long"])
     printed = capsys.readouterr().out
     assert "| table1_vgg16_cifar10 | vgg16 | cifar10 | qcfs | 1 | snn_acc | 1 | 70.00 | 88.41 | -18.41 |" in printed
     assert "ablation_alpha" not in printed.split("left out")[0]
@@ -145,7 +145,7 @@ def test_units_fractions_in_files_percent_in_print(table, capsys, mixed):
 
 def test_shared_recipe_is_printed(mixed, tmp_path, capsys):
     report.main(["ablation", "--logs", str(mixed), "--experiment", "ablation_alpha", "--param", "alpha",
-                 "--timesteps", "1", "--out", str(tmp_path)])
+                 "--timesteps", "1", "--out", str(tmp_path), "--format", "long"])
     printed = capsys.readouterr().out
     assert "every ablation_alpha row: epochs=1" in printed and "num_workers" not in printed
     body = printed.split("\n\n")[0].splitlines()[2:]
@@ -368,3 +368,20 @@ def test_plot_needs_runs_over_several_steps(tmp_path):
     fake_run(tmp_path / "logs", "train/runs/a", "e", snn_acc=(0.9,), spikes=(1e5,))
     with pytest.raises(SystemExit, match="more than one timestep"):
         report.main(["plot", "--logs", str(tmp_path / "logs"), "--out", str(tmp_path)])
+
+
+def test_paper_shaped_table_one_row_per_method_a_column_per_t(mixed, tmp_path, capsys):
+    """The default view: a row per (model, data, method, setting), columns ANN, T=1, T=2, ..., each cell
+    ours [the paper's figure]; seeds averaged (mean ± std), the long rows kept in the CSV."""
+    report.main(["accuracy", "--logs", str(mixed), "--experiment", "table1_vgg16_cifar10", "--timesteps", "1", "2",
+                 "--out", str(tmp_path)])
+    lines = (tmp_path / "accuracy.md").read_text().split("\n\n")[0].splitlines()
+    assert lines[0] == "| model | data | method | n | ANN | T=1 | T=2 | machine | code |"
+    rows = {line.split(" | ")[2]: line.split(" | ") for line in lines[2:]}
+    assert set(rows) == {"pmsm", "qcfs"}
+    # PMSM: two seeds, QANN 95 and 93 (std 1.41), SNN at T=1 95 and 93; the paper: 95.67 (Table 1 VGG-16)
+    assert rows["pmsm"][3] == "2" and rows["pmsm"][4].startswith("94.00 ± 1.41 [")
+    assert rows["qcfs"][5] == "70.00 [88.41]" and rows["qcfs"][6] == "85.00"
+    assert rows["pmsm"][-1] == "unknown |"          # records without provenance say so
+    long = (tmp_path / "accuracy.csv").read_text().splitlines()
+    assert long[0].startswith("experiment,model,data,method,settings,code,machine,n,") and len(long) == 1 + 2 * 3

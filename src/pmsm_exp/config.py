@@ -14,6 +14,8 @@ def plain(value):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if isinstance(value, str):
+        return str(value)   # a str subclass (torch's TorchVersion) would not load with weights_only
+    if value is None or isinstance(value, (bool, int, float)):
         return value
     return str(value)

@@ -17,7 +17,7 @@ import lightning as L
 
 from pmsm_exp.data.cifar import CIFAR10DataModule, CIFAR100DataModule, read_batch, read_cifar
 from pmsm_exp.data.common import (
-    DATA_DIR_ENV, HOWTO_DIR, ArrayDataset, DatasetFileError, DatasetNotFoundError, default_data_dir,
+    DATA_DIR_ENV, HOWTO_DIR, ArrayDataset, DatasetFileError, DatasetNotFoundError, default_data_dir, fingerprint,
     stratified_split)
 from pmsm_exp.data.gpu import DeviceLoader, augment_batch, normalise_batch
 from pmsm_exp.data.imagenet import ImageNetDataModule
@@ -49,6 +49,6 @@ def create_datamodule(name: str, **kwargs) -> L.LightningDataModule:
 __all__ = [
     "DATAMODULES", "DATA_DIR_ENV", "HOWTO_DIR", "ArrayDataset", "CIFAR10DataModule", "CIFAR100DataModule",
     "Cutout", "DatasetFileError", "DatasetNotFoundError", "DeviceLoader", "ImageNetDataModule",
-    "SyntheticDataModule", "augment_batch", "create_datamodule", "default_data_dir", "make_synthetic",
+    "SyntheticDataModule", "augment_batch", "create_datamodule", "default_data_dir", "fingerprint", "make_synthetic",
     "normalise_batch", "read_batch", "read_cifar", "stratified_split",
 ]

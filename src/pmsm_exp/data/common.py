@@ -2,15 +2,17 @@
 held-out validation split, an in-memory uint8 data set and the loaders."""
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from pmsm_exp.errors import UserError
 
@@ -207,3 +209,30 @@ class ValidationMixin:
         if not self.has_validation:
             return []  # no validation: callers disable Lightning's val loop (limit_val_batches=0)
         return make_loader(self.val_set, self.batch_size, self.num_workers, self.pin_memory)
+
+
+def fingerprint(dataset) -> str:
+    """A short hash (16 hex digits of SHA-256) of a data set's images and labels, so two runs can
+    be shown to have used the same copy: the pixels of in-memory sets (CIFAR, synthetic), the
+    files and labels of folder sets (ImageNet: reading every image would take longer than the run)."""
+    h = hashlib.sha256()
+    indices = None
+    while isinstance(dataset, Subset):
+        indices = [dataset.indices[i] for i in indices] if indices is not None else list(dataset.indices)
+        dataset = dataset.dataset
+    if isinstance(dataset, ArrayDataset):
+        tensors = (dataset.images, dataset.labels)
+    elif isinstance(dataset, TensorDataset):
+        tensors = dataset.tensors
+    elif hasattr(dataset, "samples"):   # torchvision's ImageFolder: (path, label) pairs
+        root = Path(getattr(dataset, "root", "."))
+        picked = dataset.samples if indices is None else [dataset.samples[i] for i in indices]
+        h.update(repr([(Path(p).relative_to(root).as_posix(), y) for p, y in picked]).encode())
+        return h.hexdigest()[:16]
+    else:
+        raise TypeError(f"no fingerprint for a {type(dataset).__name__}")
+    for t in tensors:
+        t = t if indices is None else t[torch.as_tensor(indices)]
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

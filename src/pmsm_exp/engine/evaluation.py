@@ -69,7 +69,7 @@ class EvalModule(L.LightningModule):
     def on_test_epoch_end(self):
         sums, layers = self._reduced(self.sums), self._reduced(self.layer_sums)
         n = sums["images"].item()
-        self.results = {"qann": {"test_acc": sums["qann_correct"].item() / n}}
+        self.results = {"qann": {"test_acc": sums["qann_correct"].item() / n}, "images": int(n)}
         self.log("qann/test_acc", self.results["qann"]["test_acc"])
         if self.snn is None:
             return

@@ -15,7 +15,6 @@ run draws the same batches and augmentations as an uninterrupted one, and saves
 """
 from __future__ import annotations
 
-import os
 import random
 import signal
 import threading
@@ -25,6 +24,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
+
+from pmsm_exp.engine.checkpoint_io import atomic_save
 
 
 class Preempted(SystemExit):
@@ -84,10 +85,7 @@ class Resumable(L.Callback):
             return  # a crash is not a preemption: the last epoch-end checkpoint stays
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         if trainer.is_global_zero:  # no barrier: other ranks may be stuck in a collective
-            tmp = self.last.with_suffix(".ckpt.tmp")
-            self.last.parent.mkdir(parents=True, exist_ok=True)
-            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, tmp)
-            os.replace(tmp, self.last)  # a second kill mid-write keeps the previous last.ckpt
+            atomic_save(checkpoint, self.last)  # a second kill mid-write keeps the previous last.ckpt
             print(f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: "
                   f"saved {self.last}; resume=auto continues")
 

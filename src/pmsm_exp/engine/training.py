@@ -48,8 +48,12 @@ class QANNModule(L.LightningModule):
     """
 
     def __init__(self, model: nn.Module, num_classes: int, optim: dict, run_config: dict | None = None,
-                 teacher: nn.Module | None = None, channels_last: bool = False, compile: bool | str = False):
+                 teacher: nn.Module | None = None, channels_last: bool = False, compile: bool | str = False,
+                 provenance: dict | None = None):
         super().__init__()
+        # the code that trained the weights (commit, versions), kept in every checkpoint
+        self.provenance = plain(provenance or {})
+        self.schedule: dict = {}   # the learning-rate schedule configure_optimizers built
         self.channels_last = bool(channels_last)
         self.model = switches.to_channels_last(model) if self.channels_last else model
         object.__setattr__(self, "compiled_model", switches.compiled(self.model, compile))  # not registered
@@ -138,6 +142,9 @@ class QANNModule(L.LightningModule):
         warmup = int(o.get("warmup_epochs", 0) * per_epoch)
         schedule = o.get("scheduler", "cosine")
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup, schedule))
+        self.schedule = {"optimizer": o["name"], "peak_lr": lr, "schedule": schedule, "warmup_steps": warmup,
+                         "total_steps": total, "momentum": o.get("momentum", 0.9) if o["name"] == "sgd" else None,
+                         "weight_decay": o.get("weight_decay", 0.0)}
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def global_batch_size(self) -> int:
@@ -148,4 +155,5 @@ class QANNModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["pmsm_config"] = self.run_config
+        checkpoint["pmsm_provenance"] = self.provenance
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}

@@ -19,6 +19,7 @@ from pmsm_exp.analysis.entropy import PAPER_ALPHAS, PAPER_BETAS, choose_alpha_be
 from pmsm_exp.config import plain
 from pmsm_exp.data import create_datamodule
 from pmsm_exp.engine import switches
+from pmsm_exp.engine.checkpoint_io import AtomicCheckpointIO
 from pmsm_exp.engine.preemption import Resumable
 from pmsm_exp.models import create_model
 from pmsm_exp.models.weights import state_dict_of
@@ -101,7 +102,9 @@ def build_callbacks(cfg, validation: bool) -> list:
 
 
 def build_trainer(cfg, loggers, callbacks=(), **overrides) -> L.Trainer:
-    return instantiate(cfg.trainer, logger=loggers or False, callbacks=list(callbacks), **overrides)
+    """The configured trainer; its checkpoints are written atomically (engine/checkpoint_io.py)."""
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=list(callbacks),
+                       plugins=[AtomicCheckpointIO()], **overrides)
 
 
 def snn_settings(cfg, model, pqa: dict) -> dict:

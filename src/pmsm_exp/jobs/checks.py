@@ -241,9 +241,9 @@ CONVERT_DATA_KEYS = ("data_dir", "batch_size", "num_workers", "test_subset")
 NOT_REBUILT = ("pretrained", "checkpoint")   # starting weights: a convert job's come from its checkpoint
 
 
-def check_convert_config(cfg: DictConfig) -> tuple[dict, nn.Module]:
+def check_convert_config(cfg: DictConfig) -> tuple[dict, nn.Module, dict | None]:
     """Checks convert.py's own values and the checkpoint; returns (the stored run config, the
-    trained model with the checkpoint's weights, its conversion tried)."""
+    trained model with the checkpoint's weights, its conversion tried, the training provenance)."""
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
         raise UserError("ckpt_path: missing; give ckpt_path=PATH to a .ckpt written by train.py, "
                         "e.g. logs/train/runs/<date>/checkpoints/last.ckpt")
@@ -257,7 +257,7 @@ def check_convert_config(cfg: DictConfig) -> tuple[dict, nn.Module]:
             positive_int(cfg, f"data.{key}")
     if "num_workers" in data and not (_int(data["num_workers"]) and data["num_workers"] >= 0):
         fail("data.num_workers", data["num_workers"], "must be an integer >= 0")
-    stored, state = load_checkpoint(cfg.ckpt_path)
+    stored, state, trained_by = load_checkpoint(cfg.ckpt_path)
     trained_on = stored.get("data", {})
     if "name" in data and data["name"] != trained_on.get("name"):
         fail("data.name", data["name"], f"the checkpoint {cfg.ckpt_path} was trained on "
@@ -269,7 +269,7 @@ def check_convert_config(cfg: DictConfig) -> tuple[dict, nn.Module]:
     pqa = stored.get("pqa", {})
     model_cfg = {k: v for k, v in stored.get("model", {}).items() if k not in NOT_REBUILT}
     model = checked_model(model_cfg, pqa, job_neuron(cfg, pqa), num_classes(trained_on) or 10, state, cfg.ckpt_path)
-    return stored, model
+    return stored, model, trained_by
 
 
 # ---------------------------------------------------------------- paths (before Hydra's mkdir)

@@ -2,6 +2,7 @@
 train (QANN) -> convert -> simulate -> metrics.json, W&B and a terminal table."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +13,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import OmegaConf
 
 from pmsm_exp.config import plain
+from pmsm_exp.data import fingerprint
 from pmsm_exp.engine import switches
 from pmsm_exp.engine.callbacks import StopOnDivergence
 from pmsm_exp.engine.evaluation import EvalModule, shard_test_loader
@@ -21,7 +23,7 @@ from pmsm_exp.jobs.builders import (build_callbacks, build_datamodule, build_log
 from pmsm_exp.jobs.checks import check_convert_config, check_train_config, checked_model, job_neuron
 from pmsm_exp.models.weights import read_weights
 from pmsm_exp.quant import kernels
-from pmsm_exp.runs import folders, records, tracking
+from pmsm_exp.runs import folders, provenance, records, tracking
 from pmsm_exp.snn import convert_to_snn, fold_batchnorm
 
 
@@ -43,6 +45,7 @@ def evaluate(cfg, qann, datamodule, pqa: dict, loggers) -> tuple[dict, dict]:
     shard_test_loader(datamodule)
     trainer.test(module, datamodule=datamodule, verbose=False)
     results = module.results
+    results["data"] = data_record(cfg, datamodule, results.pop("images"))
     results["qann"]["reference"] = "bn_folded" if settings["fold_bn"] and snn is not None else "as_trained"
     if cfg.analysis.enabled and snn is not None and trainer.is_global_zero:
         module.to(module.eval_device)  # Lightning moved it back to the CPU after testing
@@ -60,6 +63,35 @@ def analyze_run(cfg, module: EvalModule, datamodule, settings: dict) -> dict:
                    label=cfg.pqa.method, max_batches=cfg.analysis.get("max_batches"), device=module.eval_device)
 
 
+def log_root(cfg) -> Path:
+    return Path(str(cfg.paths.log_dir)).expanduser().absolute()
+
+
+def relative_to_logs(cfg, path) -> str:
+    """A path as records keep it: relative to the log root where it lies below it."""
+    if not path:
+        return ""
+    path = Path(str(path)).absolute()
+    root = log_root(cfg)
+    return path.relative_to(root).as_posix() if root in path.parents else provenance.portable(str(path), root)
+
+
+def data_record(cfg, datamodule, test_images: int) -> dict:
+    """What data the numbers come from: images used (after subsets and the validation split) and a
+    fingerprint of the test set's pixels and labels."""
+    count = lambda part: len(part) if part is not None else 0  # noqa: E731
+    return {"name": cfg.data.name, "train_images": count(getattr(datamodule, "train_set", None)),
+            "val_images": count(getattr(datamodule, "val_set", None)), "test_images": int(test_images),
+            "fingerprint": fingerprint(datamodule.test_set)}
+
+
+def training_record(trainer, module: QANNModule, wall_s: float, resumed_from: str | None) -> dict:
+    loss = trainer.callback_metrics.get("train/loss")
+    return {"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step), "wall_s": round(wall_s, 3),
+            "final_train_loss": float(loss) if loss is not None else None, "lr_schedule": module.schedule,
+            "resumed_from": resumed_from}
+
+
 def run_record(cfg, pqa: dict, settings: dict, extra: dict | None = None) -> dict:
     method = pqa["method"]
     if settings["neuron"] not in (pqa["neuron"], "none"):  # converted with another neuron: its own table row
@@ -68,21 +100,24 @@ def run_record(cfg, pqa: dict, settings: dict, extra: dict | None = None) -> dic
         "task": cfg.task_name, "experiment": cfg.experiment_name,
         "model": cfg.model.name, "data": cfg.data.name, "method": method,
         "pqa": {k: pqa[k] for k in ("levels", "alpha", "beta", "threshold")},
-        "seed": int(cfg.seed), "overrides": list(HydraConfig.get().overrides.task),
-        "snn": settings,
+        "seed": int(cfg.seed), "overrides": provenance.portable(list(HydraConfig.get().overrides.task), log_root(cfg)),
+        "snn": settings, "folder": relative_to_logs(cfg, output_dir()),
     }
     if "entropy_choice" in pqa:
         record["pqa"]["entropy_choice"] = pqa["entropy_choice"]
     return {**record, **(extra or {})}
 
 
-def finish(cfg, record: dict, results: dict, loggers) -> dict:
+def finish(cfg, record: dict, results: dict, loggers, checkpoint: str = "", **more) -> dict:
+    """metrics.json (results, where the data and code came from, the resolved config), W&B, the table."""
     out_dir = output_dir()
-    metrics = {"run": record, **results}
+    record["checkpoint"] = relative_to_logs(cfg, checkpoint)
+    metrics = {"run": record, **results, **more, "config": provenance.portable(plain(cfg), log_root(cfg)),
+               "provenance": provenance.collect(cfg.task_name, HydraConfig.get().overrides.task, log_root(cfg))}
     if rank_zero_only.rank != 0:  # DDP: the other ranks evaluated their share; rank zero reports
         return metrics
     records.write_metrics(out_dir, metrics, records.FINISHED)
-    tracking.finish(loggers, metrics)  # W&B charts, tables, artifacts; closes the run before the table prints
+    tracking.finish(loggers, metrics, checkpoint)  # W&B charts, tables, artifacts; closes the run before the table prints
     table = summary_table(metrics, out_dir)
     (out_dir / "summary.txt").write_text(table.lstrip("\n") + "\n")
     print(table)
@@ -113,6 +148,7 @@ def load_student(module: QANNModule, ckpt_path: str) -> None:
 
 def train(cfg) -> dict:
     pqa = check_train_config(cfg)   # every value, before any work; alpha/beta resolved once
+    resume_from = folders.resume_checkpoint(cfg.get("resume"), output_dir())   # readable, or one line now
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data)
     datamodule.prepare_data()
@@ -124,7 +160,7 @@ def train(cfg) -> dict:
     run_config["pqa"] = pqa
     optim = plain(cfg.optim)
     module = QANNModule(model, datamodule.num_classes, optim, run_config, build_teacher(optim, datamodule.num_classes),
-                        **run_switches(cfg.model))
+                        provenance=provenance.in_checkpoint(), **run_switches(cfg.model))
     loggers = build_loggers(cfg)
     tracking.start(loggers, run_config, model)
     validation = has_validation(datamodule)
@@ -132,10 +168,11 @@ def train(cfg) -> dict:
     callbacks = [c for c in callbacks if loggers or not isinstance(c, LearningRateMonitor)]  # logger=none
     trainer = build_trainer(cfg, loggers, callbacks,
                             **({} if validation else {"limit_val_batches": 0, "num_sanity_val_steps": 0}))
-    resume_from = folders.resume_checkpoint(cfg.get("resume"), output_dir())
     if resume_from and rank_zero_only.rank == 0:
         print(f"resuming from {resume_from}")
+    fit_started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)  # never unpickle code
+    training = training_record(trainer, module, time.time() - fit_started, relative_to_logs(cfg, resume_from) or None)
     last = output_dir() / folders.LAST
     ckpt_path = str(last) if last.is_file() else ""
     best = [c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path]
@@ -143,12 +180,12 @@ def train(cfg) -> dict:
         ckpt_path = best[0]
         load_student(module, ckpt_path)
     results, settings = evaluate(cfg, module.model, datamodule, pqa, loggers)
-    return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": ckpt_path, "training_kernels": kernels_used}),
-                  results, loggers)
+    return finish(cfg, run_record(cfg, pqa, settings, {"training_kernels": kernels_used}), results, loggers,
+                  ckpt_path, training=training)
 
 
 def convert(cfg) -> dict:
-    stored, model = check_convert_config(cfg)   # reads the checkpoint (weights_only), builds and tries the model
+    stored, model, trained_by = check_convert_config(cfg)   # reads the checkpoint, builds and tries the model
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data_overrides = {k: v for k, v in plain(cfg.data).items() if v is not None}
     OmegaConf.set_struct(cfg, False)
@@ -165,4 +202,6 @@ def convert(cfg) -> dict:
     loggers = build_loggers(cfg)
     tracking.start(loggers, {**plain(cfg), "pqa": pqa}, model, trained=stored, checkpoint=cfg.ckpt_path)
     results, settings = evaluate(cfg, model, datamodule, pqa, loggers)
-    return finish(cfg, run_record(cfg, pqa, settings, {"checkpoint": str(cfg.ckpt_path)}), results, loggers)
+    # what trained the weights: the code (None: a checkpoint from before provenance was recorded) and its config
+    trained = {"provenance": trained_by, "config": provenance.portable(stored, log_root(cfg))}
+    return finish(cfg, run_record(cfg, pqa, settings), results, loggers, str(cfg.ckpt_path), trained=trained)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import traceback
+import warnings
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -24,10 +25,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import OmegaConf
 
+from pmsm_exp.config import plain
 from pmsm_exp.engine.preemption import Preempted
-from pmsm_exp.errors import DivergedError
-from pmsm_exp.runs import records, tracking
-from pmsm_exp.runs.folders import is_finished
+from pmsm_exp.errors import DivergedError, UserError
+from pmsm_exp.runs import provenance, records, tracking
+from pmsm_exp.runs.folders import is_finished, resume_problem
 
 USER_ERRORS = (ValueError, FileNotFoundError)   # UserError, CheckpointError, DatasetNotFoundError among them
 log = logging.getLogger("pmsm_exp")
@@ -56,6 +58,29 @@ def route_logging() -> None:
     log.setLevel(logging.INFO)
 
 
+class NoTips(logging.Filter):
+    """Lightning's advertising lines ("💡 Tip: ... litlogger / litmodels") never reach the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+# deprecation notices from inside Lightning and torch (nothing the user can act on)
+QUIET_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",)
+
+
+def quiet_console() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning_utilities.core.rank_zero",
+                 "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        for target in [logger, *logger.handlers]:
+            if not any(isinstance(f, NoTips) for f in target.filters):
+                target.addFilter(NoTips())
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning(\.|$)")
+
+
 def one_line(err: BaseException) -> str:
     """A user mistake's own message; anything else with its type in front."""
     first = (str(err).strip().splitlines() or [""])[0]
@@ -74,13 +99,27 @@ def failure_record(cfg) -> dict:
     return run
 
 
+def log_root(cfg) -> Path | None:
+    try:
+        return Path(str(cfg.paths.log_dir)).expanduser().absolute()
+    except Exception:  # noqa: BLE001 (an unresolvable config: paths stay as they are)
+        return None
+
+
 def record_failure(cfg, out_dir: Path, err: BaseException, status: str) -> None:
     if rank_zero_only.rank != 0:
         return
     log.error("job %s: %s\n%s", status, one_line(err),
               "".join(traceback.format_exception(type(err), err, err.__traceback__)))
+    root = log_root(cfg)
     try:
-        records.write_metrics(out_dir, {"run": failure_record(cfg), "error": one_line(err)}, status)
+        config = provenance.portable(plain(cfg), root)
+    except Exception:  # noqa: BLE001 (a config that cannot be resolved: the overrides and the error say enough)
+        config = None
+    record = {"run": provenance.portable(failure_record(cfg), root), "error": one_line(err), "config": config,
+              "provenance": provenance.collect(str(cfg.get("task_name", "?")), HydraConfig.get().overrides.task, root)}
+    try:
+        records.write_metrics(out_dir, record, status)
     except OSError as write_err:  # e.g. a read-only log folder: the error itself matters more
         log.error("could not write %s: %s", out_dir / records.METRICS_FILE, write_err)
     tracking.close(exit_code=1)
@@ -91,21 +130,25 @@ def job(fn):
     @functools.wraps(fn)
     def wrapper(cfg):
         route_logging()
+        quiet_console()
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         if cfg.get("resume") in (None, "auto") and is_finished(out_dir):
             metrics, _ = records.read_metrics(out_dir / records.METRICS_FILE)
             print(f"skipped: {out_dir} already finished (delete its metrics.json to run it again)")
             return (metrics.get("qann") or {}).get("test_acc")
-        try:
-            return fn(cfg)
-        except DivergedError as err:
-            record_failure(cfg, out_dir, err, records.DIVERGED)
-            raise JobError(str(err).strip().splitlines()[0]) from None
-        except SIGTERMException as err:  # Lightning's SIGTERM stop carries exit status 0: a preemption is not a success
-            raise Preempted(128 + 15) from err
-        except Exception as err:
-            record_failure(cfg, out_dir, err, records.FAILED)
-            if isinstance(err, USER_ERRORS):
-                raise JobError(one_line(err)) from None
-            raise
+        with provenance.job_clock():   # the records written below say when the job started
+            try:
+                if resume_problem(cfg.get("resume")):   # Hydra resolved the run folder without complaint
+                    raise UserError(resume_problem(cfg.get("resume")))
+                return fn(cfg)
+            except DivergedError as err:
+                record_failure(cfg, out_dir, err, records.DIVERGED)
+                raise JobError(str(err).strip().splitlines()[0]) from None
+            except SIGTERMException as err:  # Lightning's SIGTERM stop carries exit status 0: not a success
+                raise Preempted(128 + 15) from err
+            except Exception as err:
+                record_failure(cfg, out_dir, err, records.FAILED)
+                if isinstance(err, USER_ERRORS):
+                    raise JobError(one_line(err)) from None
+                raise
     return wrapper

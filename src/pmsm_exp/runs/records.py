@@ -37,6 +37,21 @@ def write_metrics(out_dir: Path | str, metrics: dict, status: str) -> Path:
     return path
 
 
+def checkpoint_file(run_dir: Path | str, metrics: dict) -> Path | None:
+    """The checkpoint a run's record names, as a path on this machine: records keep it relative to
+    the log root (`run.folder` says where the run folder is below it); older records, absolute."""
+    name = (metrics.get("run") or {}).get("checkpoint")
+    if not name:
+        return None
+    if Path(name).is_absolute():
+        return Path(name)
+    folder = Path((metrics.get("run") or {}).get("folder") or ".")
+    root = Path(run_dir)
+    for _ in folder.parts:
+        root = root.parent
+    return root / name
+
+
 def read_metrics(path: Path | str) -> tuple[dict | None, str]:
     """(metrics, "") or (None, why it cannot be used) for a metrics.json file."""
     try:

@@ -432,13 +432,35 @@ def build_table(kind: str, groups: list[Group], timesteps: list[int], param: str
             if param:
                 row[param] = g.settings.get(param, "")
             row.update({"settings": " ".join(f"{k}={g.settings.get(k, '(default)')}" for k in shown),
-                        "n": len(g.runs), "seeds": " ".join(replicate(r).split(" ", 1)[1] for r in g.runs),
+                        "code": code_of(g), "machine": machine_of(g), "n": len(g.runs), "seeds": " ".join(replicate(r).split(" ", 1)[1] for r in g.runs),
                         "metric": metric, "T": t,
                         "ours": _r(mean), "std": _r(std), "count": count, "paper": _r(pv),
                         "diff": _r(mean - pv) if mean is not None and pv is not None else None,
                         "paper_source": source})
             rows.append(row)
     return rows
+
+
+def code_of(g: Group) -> str:
+    """The commits the row's runs ran (short; '+dirty' for uncommitted changes), or 'unknown' for
+    records written before provenance was kept; a convert run, the commit that trained its weights too."""
+    out = []
+    for r in g.runs:
+        p = r.metrics.get("provenance") or {}
+        trained = ((r.metrics.get("trained") or {}).get("provenance") or {}).get("git_commit")
+        code = (p["git_commit"][:8] + ("+dirty" if p.get("git_dirty") else "")) if p.get("git_commit") else "unknown"
+        if r.record.get("task") == "convert":
+            code += f" (trained: {trained[:8] if trained else 'unknown'})"
+        out.append(code)
+    return " ".join(sorted(set(out)))
+
+
+def machine_of(g: Group) -> str:
+    names = set()
+    for r in g.runs:
+        m = (r.metrics.get("provenance") or {}).get("machine") or {}
+        names.add(m.get("gpu") or (f"CPU x{m['threads']}" if m.get("threads") else "unknown"))
+    return " ".join(sorted(names))
 
 
 def _paper_ratio(paper: list[PaperValue], kind: str, g: Group, t: int) -> float | None:
@@ -472,7 +494,8 @@ def display(rows: list[dict]) -> list[dict]:
             ours += f" ± {_fmt(r['metric'], r['std'])}"
         if r["ours"] is not None and r["count"] < r["n"]:
             ours += f" ({r['count']}/{r['n']})"
-        d = {k: r[k] for k in r if k not in ("ours", "std", "count", "paper", "diff", "paper_source", "seeds")}
+        d = {k: r[k] for k in r if k not in ("ours", "std", "count", "paper", "diff", "paper_source", "seeds", "code",
+                                              "machine")}
         d.update(ours=ours, paper=_fmt(r["metric"], r["paper"]), diff=_fmt(r["metric"], r["diff"], sign=True),
                  source=r["paper_source"] or "-")
         out.append(d)
@@ -480,6 +503,48 @@ def display(rows: list[dict]) -> list[dict]:
         for d in out:
             del d["settings"]
     return out
+
+
+def _cell(r: dict) -> str:
+    """ours (mean ± std, (k/n) where only k runs have it) [the paper's figure]."""
+    text = _fmt(r["metric"], r["ours"])
+    if r["std"] is not None:
+        text += f" ± {_fmt(r['metric'], r['std'])}"
+    if r["ours"] is not None and r["count"] < r["n"]:
+        text += f" ({r['count']}/{r['n']})"
+    return text + (f" [{_fmt(r['metric'], r['paper'])}]" if r["paper"] is not None else "")
+
+
+def wide(rows: list[dict], timesteps: list[int], param: str | None = None) -> list[dict]:
+    """The paper's shape: one row per setting (model, data, method, what tells the row apart, where it
+    ran), columns ANN and T=... with ours [the paper's figure] in each cell; the long rows stay the CSV."""
+    several = len({r["experiment"] for r in rows}) > 1
+    table: dict[tuple, dict] = {}
+    for r in rows:
+        if r["metric"] not in ACCURACY:
+            continue
+        key = (r["experiment"], r["model"], r["data"], r["method"], r.get(param, "") if param else "", r["settings"])
+        if key not in table:
+            row = {"experiment": r["experiment"]} if several else {}
+            row.update({"model": r["model"], "data": r["data"], "method": r["method"]})
+            if param:
+                row[param] = r.get(param, "")
+            row.update({"settings": r["settings"] or "-", "n": r["n"], "ANN": "-",
+                        **{f"T={t}": "-" for t in timesteps}, "machine": r["machine"], "code": r["code"]})
+            table[key] = row
+        table[key]["ANN" if r["metric"] == "ann_acc" else f"T={r['T']}"] = _cell(r)
+    out = list(table.values())
+    if out and all(r["settings"] == "-" for r in out):
+        for r in out:
+            del r["settings"]
+    return out
+
+
+WIDE_LEGEND = ("cells: ours [the paper's figure]; ours is the mean ± std over n replicates (seeds; for convert runs, "
+               "checkpoints), (k/n) where only k runs have the value; accuracies in percent. ANN: the quantized ANN; "
+               "T=t: the SNN after t timesteps. machine: where the runs ran; code: the commit (8 digits) that "
+               "produced the row, 'unknown' for records written before provenance was kept. The long format, "
+               "with ours - paper, is the CSV beside this file.")
 
 
 def markdown(rows: list[dict]) -> str:
@@ -491,13 +556,18 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def render(kind: str, rows: list[dict], sel: Selection, groups: list[Group]) -> str:
-    """The whole printout (also the .md file): table, units, shared recipe, runs left out."""
-    parts = [markdown(display(rows)), ""]
-    parts.append("ours: mean ± std over n replicates (seeds; for convert runs, checkpoints); (k/n): only k runs "
-                 "have the value. Accuracies in percent, diff = ours - paper in percentage points"
-                 + ("; spikes in 1e5 per image over steps 1..T, power in mW (Eq. 11), power_ratio = "
-                    f"{BASELINE} power / method power at the same T" if kind == "energy" else "") + ".")
+def render(kind: str, rows: list[dict], sel: Selection, groups: list[Group], timesteps: list[int] | None = None,
+           param: str | None = None) -> str:
+    """The whole printout (also the .md file): table (accuracy tables in the paper's shape), units,
+    shared recipe, runs left out."""
+    if kind in ("accuracy", "ablation") and timesteps:
+        parts = [markdown(wide(rows, timesteps, param)), "", WIDE_LEGEND]
+    else:
+        parts = [markdown(display(rows)), ""]
+        parts.append("ours: mean ± std over n replicates (seeds; for convert runs, checkpoints); (k/n): only k runs "
+                     "have the value. Accuracies in percent, diff = ours - paper in percentage points"
+                     + ("; spikes in 1e5 per image over steps 1..T, power in mW (Eq. 11), power_ratio = "
+                        f"{BASELINE} power / method power at the same T" if kind == "energy" else "") + ".")
     for experiment, shared in common_settings(groups).items():
         parts.append(f"every {experiment} row: " + " ".join(shared))
     if sel.legacy:
@@ -594,6 +664,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--param", choices=("alpha", "beta"), default="alpha", help="ablation parameter")
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--name", default=None, help="file name (default: the table kind)")
+    ap.add_argument("--format", choices=("paper", "long"), default="paper",
+                    help="the printed/Markdown table: paper (accuracy and ablation: one row per setting, a column "
+                         "per T) or long (one row per metric and T, with ours - paper); the CSV is always long")
     ap.add_argument("--wandb", action="store_true", help="also log the table to W&B (job_type=report)")
     ap.add_argument("--wandb-mode", choices=("offline", "online"), default="offline")
     ap.add_argument("--wandb-project", default="pmsm-exp")
@@ -619,7 +692,8 @@ def main(argv=None) -> list[dict] | Path:
         print(f"written: {path}")
         return path
     rows = build_table(a.table, groups, a.timesteps, a.param if a.table == "ablation" else None)
-    text = render(a.table, rows, sel, groups)
+    text = render(a.table, rows, sel, groups, a.timesteps if a.format == "paper" else None,
+                  a.param if a.table == "ablation" else None)
     print(text)
     if not rows:
         fail(f"--logs {a.logs}: no finished runs" + (f" of experiment(s) {' '.join(a.experiment)}" if a.experiment

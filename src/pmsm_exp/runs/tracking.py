@@ -41,6 +41,8 @@ from omegaconf import OmegaConf
 from pmsm_exp.config import plain
 from pmsm_exp.errors import UserError
 from pmsm_exp.runs.overrides import has_effect, key_of, parse, under
+from pmsm_exp.runs.provenance import git_state
+from pmsm_exp.runs.records import checkpoint_file
 
 ID_FILE = "wandb_id"
 GROUP_FILE = "wandb_group"
@@ -208,19 +210,6 @@ def flatten(d: dict, prefix: str = "", sep: str = ".") -> dict:
     return out
 
 
-def git_state() -> dict:
-    """Commit and dirty flag of the code that runs (None outside a git checkout)."""
-    src = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
-    except (OSError, subprocess.SubprocessError):
-        return {"git.commit": None, "git.dirty": None}
-    return {"git.commit": commit, "git.dirty": dirty}
-
-
 def run_config(config: dict, model=None, trained: dict | None = None) -> dict:
     """The W&B config: `config` (resolved) flattened with dots; a convert run (`trained` = the training
     run's config) shows the training keys (optim.lr, epochs...) with its own on top."""
@@ -231,7 +220,8 @@ def run_config(config: dict, model=None, trained: dict | None = None) -> dict:
     if model is not None:
         flat["params.total"] = sum(p.numel() for p in model.parameters())
         flat["params.trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {**flat, **git_state()}
+    git = git_state()
+    return {**flat, "git.commit": git["git_commit"], "git.dirty": git["git_dirty"]}
 
 
 def md5_b64(path) -> str:
@@ -337,8 +327,9 @@ def log_checkpoints(run, checkpoint: str, mode: str = "reference") -> None:
         run.log_artifact(artifact, aliases=[_alias(path)] + (["evaluated"] if path == evaluated else []))
 
 
-def finish(loggers, metrics: dict) -> None:
-    """Log a finished job's results (and, for training, its checkpoints), then close the W&B run quietly."""
+def finish(loggers, metrics: dict, checkpoint: str | None = None) -> None:
+    """Log a finished job's results (and, for training, its `checkpoint` and those beside it), then close
+    the W&B run quietly."""
     record = metrics["run"]
     for logger, run in _runs(loggers):
         # what the job resolved: its method label (pmsm+if), the snn settings behind "auto", its overrides
@@ -346,7 +337,7 @@ def finish(loggers, metrics: dict) -> None:
                           allow_val_change=True)
         log_results(run, metrics)
         if record.get("task") == "train":
-            log_checkpoints(run, record.get("checkpoint"), getattr(logger, "pmsm_checkpoints", "reference"))
+            log_checkpoints(run, checkpoint, getattr(logger, "pmsm_checkpoints", "reference"))
     close()
 
 
@@ -397,7 +388,7 @@ def lineage_links(dirs) -> list[tuple[str, str, str]]:
     for run_dir in dict.fromkeys(d.parent.parent for d in dirs):
         if _task(run_dir) != "convert" or not (run_dir / ID_FILE).is_file():
             continue
-        checkpoint = json.loads((run_dir / "metrics.json").read_text())["run"].get("checkpoint")
+        checkpoint = checkpoint_file(run_dir, json.loads((run_dir / "metrics.json").read_text()))
         artifact = checkpoint_reference(checkpoint)["checkpoint.artifact"] if checkpoint else None
         if artifact:
             saved = run_dir / ".hydra" / "config.yaml"

@@ -1,0 +1,119 @@
+"""Publishing a campaign: every run's metrics.json copied from the log folder into `OUT/runs/`, with
+no path of the machine it ran on, and the weights of its training runs as small checkpoints.
+
+    python -m pmsm_exp.runs.publish --logs LOGS --out results [--experiment E ...] [--checkpoints]
+
+- Paths in the records become relative to the log root (`train/runs/<date>/checkpoints/last.ckpt`,
+  `paths.log_dir=<logs>`); records written before that rule (absolute paths) are rewritten the
+  same way, from the run folder's own path below the log root. Run folders keep their relative
+  paths, with Hydra's ':' written '=' (so the repository checks out on Windows).
+- Records without `provenance` stay without: nothing is invented for them; tables say "unknown".
+- `--checkpoints`: each finished training run's checkpoint, weights only (no optimizer state, no
+  teacher), with the config and provenance that convert.py needs, as
+  `OUT/checkpoints/<experiment>-<model>-<method>-s<seed>[-<n>].ckpt`; the record's
+  `run.published_checkpoint` names it (relative to OUT).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from pmsm_exp.models.weights import read_weights
+from pmsm_exp.runs.provenance import portable
+from pmsm_exp.runs.records import METRICS_FILE, checkpoint_file, read_metrics
+
+SEGMENT = re.compile(r"^(?P<before>.*?)/(?P<rest>(train|convert)/(runs|multiruns)/.*)$")
+
+
+def windows_safe(path: str) -> str:
+    return path.replace(":", "=")
+
+
+def relative_path(value: str, log_root: Path) -> str:
+    """An absolute path of a run's files made relative to its log root, also for records of another
+    machine (recognised by their `train|convert/runs|multiruns/` part)."""
+    made = portable(value, log_root)
+    if made.startswith("<logs>/"):
+        return made.removeprefix("<logs>/")
+    found = SEGMENT.match(value) if value.startswith("/") else None
+    return found.group("rest") if found else made
+
+
+def portable_record(value, log_root: Path):
+    if isinstance(value, dict):
+        return {k: portable_record(v, log_root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_record(v, log_root) for v in value]
+    if isinstance(value, str):
+        key, sep, rest = value.partition("=")
+        if sep and rest.startswith("/") and not key.startswith("/"):
+            return f"{key}={'<logs>' if key == 'paths.log_dir' else relative_path(rest, log_root)}"
+        return relative_path(value, log_root) if value.startswith("/") else value
+    return value
+
+
+def weights_only(ckpt_file: Path, dest: Path) -> Path:
+    ckpt = read_weights(ckpt_file)
+    small = {"state_dict": {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("teacher.")},
+             "pmsm_config": portable_record(ckpt.get("pmsm_config", {}), ckpt_file.parents[2]),
+             "pmsm_provenance": ckpt.get("pmsm_provenance") or {},
+             "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(small, dest)
+    return dest
+
+
+def publish(logs: Path, out: Path, experiments=None, checkpoints: bool = False) -> list[Path]:
+    logs = logs.absolute()
+    written, taken = [], set()
+    for path in sorted(logs.rglob(METRICS_FILE)):
+        if "wandb" in path.parts:
+            continue
+        metrics, why = read_metrics(path)
+        if metrics is None or (experiments and metrics["run"].get("experiment") not in experiments):
+            continue
+        rel = path.parent.relative_to(logs).as_posix()
+        record = portable_record(metrics, logs)
+        record["run"]["folder"] = windows_safe(rel)
+        if record["run"].get("checkpoint"):
+            record["run"]["checkpoint"] = windows_safe(record["run"]["checkpoint"])
+        source = checkpoint_file(path.parent, metrics)
+        if (checkpoints and metrics.get("status") == "finished" and metrics["run"].get("task") == "train"
+                and source is not None and source.is_file()):
+            r = metrics["run"]
+            stem = f"{r.get('experiment')}-{r.get('model')}-{r.get('method')}-s{r.get('seed')}"
+            name, n = stem, 1
+            while name in taken:
+                n += 1
+                name = f"{stem}-{n}"
+            taken.add(name)
+            record["run"]["published_checkpoint"] = f"checkpoints/{name}.ckpt"
+            weights_only(source, out / "checkpoints" / f"{name}.ckpt")
+        dest = out / "runs" / windows_safe(rel) / METRICS_FILE
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(record, indent=2, allow_nan=False))
+        written.append(dest)
+    return written
+
+
+def main(argv=None) -> list[Path]:
+    ap = argparse.ArgumentParser(prog="python -m pmsm_exp.runs.publish", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--logs", type=Path, required=True, help="the campaign's log folder (paths.log_dir)")
+    ap.add_argument("--out", type=Path, default=Path("results"))
+    ap.add_argument("--experiment", nargs="*", default=None)
+    ap.add_argument("--checkpoints", action="store_true", help="also publish weights-only checkpoints")
+    a = ap.parse_args(argv)
+    if not a.logs.is_dir():
+        raise SystemExit(f"error: --logs: got {a.logs}, which is not a folder")
+    files = publish(a.logs, a.out, a.experiment, a.checkpoints)
+    print(f"published {len(files)} run record(s) into {a.out / 'runs'}")
+    return files
+
+
+if __name__ == "__main__":
+    main()
