@@ -41,6 +41,14 @@ def test_readme_shows_the_tables_as_printed(rebuilt, name):
     assert (rebuilt / f"{name}.md").read_text().strip() in readme
 
 
+def test_energy_table_is_the_report_output(tmp_path):
+    report.main(["equal", "--logs", str(RUNS), "--experiment", "table1_resnet20_cifar10", "--task", "convert",
+                 "--out", str(tmp_path), "--name", "table1_energy"])
+    for suffix in (".md", ".csv"):
+        assert (RESULTS / f"table1_energy{suffix}").read_text() == (tmp_path / f"table1_energy{suffix}").read_text()
+    assert (tmp_path / "table1_energy.md").read_text().strip() in (ROOT / "README.md").read_text()
+
+
 def test_every_pmsm_run_agrees_with_its_qann_at_t1():
     runs = [json.loads(p.read_text()) for p in sorted(RUNS.rglob("metrics.json"))]
     pmsm = [m for m in runs if m["run"]["method"] == "pmsm"]

@@ -610,6 +610,57 @@ def log_wandb(kind: str, name: str, rows: list[dict], sel: Selection, out: Path,
     return dirs
 
 
+# ---------------------------------------------------------------- energy at equal T and at equal accuracy
+E_SPIKE_PJ = 0.9   # paper Eq. 11: energy per spike (pJ), 1 ms steps
+
+
+def equal_energy(groups: list[Group], method: str = "pmsm", baseline: str = BASELINE) -> list[dict]:
+    """Per experiment with one `method` and one `baseline` row simulated over T: both at the method's
+    T=1 (equal T) and the baseline at the first T whose accuracy reaches the method's T=1 accuracy
+    (equal accuracy), under two counting conventions: spikes (an AIF output s counts |s|) and spike
+    events (a non-zero output counts once); energy = N · 0.9 pJ per image, power = N · 0.9 pJ / (T · 1 ms)."""
+    rows = []
+    for experiment in sorted({g.experiment for g in groups}):
+        pair = {m: [g for g in groups if g.experiment == experiment and g.method == m and len(g.runs) == 1
+                    and len((g.runs[0].metrics.get("snn") or {}).get("timesteps") or []) > 1]
+                for m in (method, baseline)}
+        if len(pair[method]) != 1 or len(pair[baseline]) != 1:
+            continue
+        mine, theirs = (pair[m][0].runs[0].metrics["snn"] for m in (method, baseline))
+        target = mine["test_acc"][0]
+        reach = next((i for i, a in enumerate(theirs["test_acc"]) if a >= target), None)
+        cases = [("equal T", method, mine, 0), ("equal T", baseline, theirs, 0)]
+        if reach is not None:
+            cases.append((f"equal accuracy (first T with acc >= {100 * target:.2f}%)", baseline, theirs, reach))
+        for comparison, m, snn, i in cases:
+            t = snn["timesteps"][i]
+            row = {"experiment": experiment, "comparison": comparison, "method": m, "T": t,
+                   "snn_acc": snn["test_acc"][i]}
+            for convention, key in (("spikes", "spikes_per_image"), ("events", "spike_events_per_image")):
+                n = snn[key][i]
+                row.update({f"{convention}_per_image": _r(n), f"{convention}_energy_nj": _r(n * E_SPIKE_PJ / 1e3),
+                            f"{convention}_power_mw": _r(n * E_SPIKE_PJ * 1e-12 / (t * 1e-3) * 1e3)})
+            rows.append(row)
+        base = {c: rows[-len(cases)][f"{c}_per_image"] for c in ("spikes", "events")}
+        for row in rows[-len(cases):]:
+            for c in ("spikes", "events"):
+                row[f"{c}_vs_{method}_t1"] = _r(row[f"{c}_per_image"] / base[c]) if base[c] else None
+    return rows
+
+
+def render_energy(rows: list[dict]) -> str:
+    shown = [{"comparison": r["comparison"], "method": r["method"], "T": r["T"], "SNN acc": f"{100 * r['snn_acc']:.2f}",
+              "spikes/img": f"{r['spikes_per_image']:,.0f}", "events/img": f"{r['events_per_image']:,.0f}",
+              "energy nJ (spikes)": f"{r['spikes_energy_nj']:.1f}", "energy nJ (events)": f"{r['events_energy_nj']:.1f}",
+              "power mW (spikes)": f"{r['spikes_power_mw']:.4f}", "power mW (events)": f"{r['events_power_mw']:.4f}",
+              "spikes / PMSM T=1": f"{r['spikes_vs_pmsm_t1']:.2f}x" if r.get("spikes_vs_pmsm_t1") else "-",
+              "events / PMSM T=1": f"{r['events_vs_pmsm_t1']:.2f}x" if r.get("events_vs_pmsm_t1") else "-"}
+             for r in rows]
+    return "\n".join([markdown(shown), "", "spikes: an AIF output s counts |s| (paper Eq. 11); events: a non-zero "
+                      "output counts once; energy per image = N · 0.9 pJ over steps 1..T; power (Eq. 11) = N · 0.9 pJ "
+                      "/ (T · 1 ms): a longer simulation spreads the same spikes over more time."])
+
+
 # ---------------------------------------------------------------- accuracy over T
 def over_time(groups: list[Group]) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
     """Per row simulated over more than one step: its mean SNN accuracy at each T, and its mean QANN
@@ -654,12 +705,13 @@ def latest(logs: Path, experiment: str, method: str | None = None, task: str | N
 # ---------------------------------------------------------------- command line
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("table", choices=(*TABLES, "latest", "plot"),
-                    help="a table, latest (the newest run's folder), or plot (SNN accuracy over T, a PNG)")
+    ap.add_argument("table", choices=(*TABLES, "equal", "latest", "plot"),
+                    help="a table, equal (energy of PMSM and QCFS at equal T and at equal accuracy), latest (the "
+                         "newest run's folder), or plot (SNN accuracy over T, a PNG)")
+    ap.add_argument("--task", default=None, help="latest: only train or convert runs; equal: the runs compared")
     ap.add_argument("--logs", type=Path, default=Path("logs"))
     ap.add_argument("--experiment", nargs="*", default=None, help="only runs of these experiment_name values")
     ap.add_argument("--method", default=None, help="latest: only runs of this method (pmsm, qcfs, ...)")
-    ap.add_argument("--task", default=None, help="latest: only train or convert runs")
     ap.add_argument("--timesteps", type=int, nargs="*", default=[1, 8])
     ap.add_argument("--param", choices=("alpha", "beta"), default="alpha", help="ablation parameter")
     ap.add_argument("--out", type=Path, default=Path("results"))
@@ -686,6 +738,21 @@ def main(argv=None) -> list[dict] | Path:
         return run.folder
     sel = collect(a.logs, a.experiment)
     groups = group_runs(sel)
+    if a.table == "equal":
+        chosen = [g for g in groups if a.task is None or g.settings.get("task") == a.task]
+        rows = equal_energy(chosen)
+        if not rows:
+            fail("equal: no experiment with one PMSM and one QCFS run simulated over several steps")
+        text = render_energy(rows)
+        print(text)
+        a.out.mkdir(parents=True, exist_ok=True)
+        name = a.name or "energy_equal"
+        with open(a.out / f"{name}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+        (a.out / f"{name}.md").write_text(text + "\n")
+        return rows
     if a.table == "plot":
         title = "SNN accuracy over T" + (f": {' '.join(a.experiment)}" if a.experiment else "")
         path = plot(groups, a.out, a.name or "accuracy_over_t", title)
