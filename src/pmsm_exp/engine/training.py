@@ -133,7 +133,7 @@ class QANNModule(L.LightningModule):
         lr = o["lr"] * (self.global_batch_size() / 256 if o.get("scale_lr_by_batch") else 1.0)
         if o["name"] == "sgd":  # the CNN recipe (paper Table 4, QCFS): decay on every parameter
             opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=o.get("momentum", 0.9),
-                                  weight_decay=o.get("weight_decay", 0.0))
+                                  weight_decay=o.get("weight_decay", 0.0), nesterov=bool(o.get("nesterov", False)))
         else:
             opt = torch.optim.AdamW(decay_groups(self.model, o.get("weight_decay", 0.0)), lr=lr,
                                     betas=tuple(o.get("betas", (0.9, 0.999))))
@@ -144,6 +144,7 @@ class QANNModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup, schedule))
         self.schedule = {"optimizer": o["name"], "peak_lr": lr, "schedule": schedule, "warmup_steps": warmup,
                          "total_steps": total, "momentum": o.get("momentum", 0.9) if o["name"] == "sgd" else None,
+                         "nesterov": bool(o.get("nesterov", False)) if o["name"] == "sgd" else None,
                          "weight_decay": o.get("weight_decay", 0.0)}
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

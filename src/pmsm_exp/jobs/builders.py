@@ -13,7 +13,9 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import OmegaConf
 
 from pmsm_exp.analysis.entropy import PAPER_ALPHAS, PAPER_BETAS, choose_alpha_beta
 from pmsm_exp.config import plain
@@ -98,7 +100,11 @@ def build_callbacks(cfg, validation: bool) -> list:
     """The configured callbacks, less those that monitor a validation metric when there is
     no validation split; Resumable makes resumption exact and signal-safe."""
     nodes = [n for n in (cfg.get("callbacks") or {}).values() if validation or not n.get("monitor")]
-    return [*(instantiate(n) for n in nodes), Resumable(output_dir() / "checkpoints")]
+    callbacks = [*(instantiate(n) for n in nodes), Resumable(output_dir() / "checkpoints")]
+    decay = OmegaConf.select(cfg, "optim.ema_decay", default=None)
+    if decay is not None:   # the averaged weights are what is validated, saved, evaluated and converted
+        callbacks.append(EMAWeightAveraging(decay=float(decay), use_buffers=True))
+    return callbacks
 
 
 def build_trainer(cfg, loggers, callbacks=(), **overrides) -> L.Trainer:

@@ -121,8 +121,14 @@ def check_optim(cfg) -> None:
     number(cfg, "optim.lr", 0, lo_open=True)
     number(cfg, "optim.weight_decay", 0, optional=True)
     number(cfg, "optim.momentum", 0, 1, optional=True)
+    nesterov = OmegaConf.select(cfg, "optim.nesterov", default=False)
+    if not isinstance(nesterov, bool):
+        fail("optim.nesterov", nesterov, "must be true or false")
+    if nesterov and not (OmegaConf.select(cfg, "optim.momentum", default=0.9) or 0) > 0:
+        fail("optim.nesterov", nesterov, "Nesterov momentum needs optim.momentum > 0")
     number(cfg, "optim.warmup_epochs", 0, optional=True)
     number(cfg, "optim.label_smoothing", 0, 1, hi_open=True, optional=True)
+    number(cfg, "optim.ema_decay", 0, 1, lo_open=True, hi_open=True, optional=True)
     if OmegaConf.select(cfg, "optim.scheduler") is not None:
         one_of(cfg, "optim.scheduler", SCHEDULERS)
 

@@ -86,10 +86,13 @@ def data_record(cfg, datamodule, test_images: int) -> dict:
 
 
 def training_record(trainer, module: QANNModule, wall_s: float, resumed_from: str | None) -> dict:
-    loss = trainer.callback_metrics.get("train/loss")
+    final = {k: trainer.callback_metrics.get(k) for k in ("train/loss", "val/acc", "val/loss")}
     return {"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step), "wall_s": round(wall_s, 3),
-            "final_train_loss": float(loss) if loss is not None else None, "lr_schedule": module.schedule,
-            "resumed_from": resumed_from}
+            "final_train_loss": float(final["train/loss"]) if final["train/loss"] is not None else None,
+            # on the held-out split of the training set (data.val_fraction > 0), after the last epoch
+            "final_val_acc": float(final["val/acc"]) if final["val/acc"] is not None else None,
+            "final_val_loss": float(final["val/loss"]) if final["val/loss"] is not None else None,
+            "lr_schedule": module.schedule, "resumed_from": resumed_from}
 
 
 def run_record(cfg, pqa: dict, settings: dict, extra: dict | None = None) -> dict:
