@@ -24,3 +24,12 @@ def random_qann(name: str, levels=8, alpha=-0.25, beta=1.0, seed=0, num_classes=
     torch.manual_seed(seed)
     model = create_model(name, num_classes, make_activation("pqa", levels, alpha, beta), **kwargs)
     return randomize(model, torch.Generator().manual_seed(seed))
+
+
+def assert_every_layer_fired(metrics: dict) -> None:
+    """A run's T=1 agreement means something only if its SNN spiked: neurons exist (the SNN is not the
+    QANN itself) and every one of its layers fired at t = 1 (a constant or dead network agrees too)."""
+    layers = metrics["snn"]["layer_spikes"]
+    assert layers, "no spiking layer: the 'SNN' is not a converted network"
+    silent = [name for name, counts in layers.items() if not counts[0] > 0]
+    assert not silent, f"layers that never fired at t=1: {silent}"

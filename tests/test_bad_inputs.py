@@ -146,6 +146,14 @@ CASES = [
     ("if_needs_alpha_0", "train", ["snn.neuron=if"], ["snn.neuron", "alpha=0"]),
     ("relu_cannot_convert", "train", ["pqa=relu", "snn.neuron=aif"], ["snn.neuron", "ReLU"]),
     ("epochs_zero", "train", ["epochs=0"], ["epochs", "0"]),
+    ("warmup_negative", "train", ["optim.warmup_epochs=-1"], ["optim.warmup_epochs", "-1"]),
+    ("label_smoothing_one", "train", ["optim.label_smoothing=1.0"], ["optim.label_smoothing", "1.0"]),
+    ("nesterov_text", "train", ["optim.nesterov=maybe"], ["optim.nesterov", "'maybe'"]),
+    ("ema_decay_one", "train", ["optim.ema_decay=1.0"], ["optim.ema_decay", "1.0"]),
+    ("pqa_neuron", "train", ["pqa.neuron=lif"], ["pqa.neuron", "'lif'"]),
+    ("noise_negative", "train", ["+data.noise=-1"], ["data.noise", "-1"]),
+    ("wandb_checkpoints", "train", ["logger=wandb", "logger.wandb.checkpoints=all"], ["logger.wandb.checkpoints", "'all'"]),
+    ("resume_missing", "train", ["resume=no-such-folder/run"], ["resume", "no such file or folder"]),
     ("eval_checkpoint_worst", "train", ["eval_checkpoint=worst"], ["eval_checkpoint", "'worst'"]),
     ("best_without_validation", "train", ["eval_checkpoint=best"], ["eval_checkpoint", "val_fraction"]),
     ("gpu_without_gpu", "train", ["trainer=gpu"], ["trainer.accelerator", "'gpu'"]),
@@ -291,3 +299,11 @@ def test_bad_input_as_a_user_runs_it(args, fragment, tmp_path):
     lines = message_lines(proc.stderr)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert len(lines) == 1 and fragment in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("value", [0, 1.5, "x"])
+def test_imagenet_crop_pct_outside_its_range_is_one_line(value):
+    from pmsm_exp.data import create_datamodule
+    from pmsm_exp.errors import UserError
+    with pytest.raises(UserError, match=rf"^data\.crop_pct: got {value!r}; allowed: a number in \(0, 1\]$"):
+        create_datamodule("imagenet", crop_pct=value, data_dir="no-such-imagenet")

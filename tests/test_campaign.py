@@ -75,15 +75,73 @@ def epochs_logged(run_dir: Path) -> list[int]:
     return sorted({int(r["epoch"]) for r in rows if r.get("train/loss")})
 
 
+def same_training_state(run_dir: Path, reference: Path) -> None:
+    """Weights, optimizer state (momentum buffers) and schedule of the two runs' last checkpoints: equal
+    to the bit, not merely close (a resume that restarts from scratch ends elsewhere in them)."""
+    import torch
+    a, b = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (run_dir, reference))
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    (sa,), (sb,) = a["optimizer_states"], b["optimizer_states"]
+    assert sa["state"].keys() == sb["state"].keys() and sa["state"]
+    assert all(torch.equal(sa["state"][i]["momentum_buffer"], sb["state"][i]["momentum_buffer"]) for i in sa["state"])
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
 def test_kill_9_then_resume_auto_equals_uninterrupted_run(uninterrupted, tmp_path):
+    """Mutation caught: a resume that restarts from step 0 (ckpt_path dropped) trains every step again."""
+    import torch
     run_dir, rc, _ = interrupt_after_first_checkpoint(tmp_path, signal.SIGKILL)
     assert rc == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
+    stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     _, out, _ = run("train.py", *TINY, f"epochs={EPOCHS}", "resume=auto", log_dir=tmp_path)
     assert "resuming from" in out and len(list(tmp_path.glob("train/runs/*"))) == 1  # continued in its folder
     resumed, reference = metrics(run_dir), metrics(uninterrupted)
     assert resumed["status"] == "finished"
     same_results(resumed, reference)
+    # it started where the killed run stopped and trained only the remaining steps
+    total = reference["training"]["steps"]
+    assert 0 < stopped_at < total and resumed["training"]["steps"] == total
+    assert resumed["training"]["steps_this_run"] == total - stopped_at
+    assert resumed["training"]["resumed_from"].endswith("checkpoints/last.ckpt")
+    same_training_state(run_dir, uninterrupted)
     assert epochs_logged(run_dir) == list(range(EPOCHS))  # one CSV log, every epoch in it
+
+
+# 16 steps per epoch, so that a SIGTERM after the first checkpoint lands inside an epoch
+MID = [*TINY, "data.batch_size=4", "epochs=3"]
+
+
+@pytest.mark.slow   # three subprocess runs, about 30 s
+@pytest.mark.xfail(strict=True, reason="known fault, left open: a mid-epoch resume continues at the right step "
+                   "but not with the interrupted epoch's remaining batches (a plain DataLoader is not Stateful for "
+                   "Lightning, so the epoch's order is drawn again); an epoch-boundary resume is exact")
+def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
+    """SIGTERM inside an epoch: the checkpoint saved on the way out carries the loop's position and the
+    RNG states; the resumed run should end with the uninterrupted run's weights and optimizer state."""
+    import torch
+    reference_logs = tmp_path / "reference"
+    run("train.py", *MID, log_dir=reference_logs)
+    (reference,) = reference_logs.glob("train/runs/*")
+    proc = start("train.py", *MID, log_dir=tmp_path / "stopped")
+    deadline = time.time() + 300
+    while not list((tmp_path / "stopped").glob("train/runs/*/checkpoints/last.ckpt")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(0.3)   # into the second epoch
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    (run_dir,) = (tmp_path / "stopped").glob("train/runs/*")
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert stopped_at % 16, "stopped on an epoch boundary: not the case this test is about"
+    run("train.py", *MID, "resume=auto", log_dir=tmp_path / "stopped")
+    resumed = metrics(run_dir)
+    total = metrics(reference)["training"]["steps"]
+    assert 16 < stopped_at < total and resumed["training"]["steps_this_run"] == total - stopped_at
+    same_results(resumed, metrics(reference))
+    same_training_state(run_dir, reference)
 
 
 @pytest.mark.slow  # subprocess runs: see the module docstring for the timings

@@ -1,3 +1,4 @@
+import math
 import copy
 
 import pytest
@@ -11,7 +12,7 @@ from pmsm_exp.snn.folding import fold_batchnorm
 from pmsm_exp.models import create_model
 from pmsm_exp.snn.neurons import SpikingNeuron, spiking_neurons
 from pmsm_exp.quant import PQA, make_activation, pqa_layers
-from pmsm_exp.snn.simulate import simulate
+from pmsm_exp.snn.simulation import simulate
 
 SETTINGS = [(8, -0.25, 1.0), (8, -1.0, 1.0), (4, -0.5, 0.75), (16, -0.125, 0.5)]
 
@@ -39,7 +40,7 @@ def test_snn_first_step_equals_quantized_ann(arch, levels, alpha, beta, dtype):
     result = simulate(convert_to_snn(qann), x, timesteps=1)
     assert torch.equal(result.outputs[0], logits)
     assert {n: c[0].item() for n, c in result.spike_counts.items()} == level_sums
-    assert sum(level_sums.values()) > 0
+    assert level_sums and all(v > 0 for v in level_sums.values())   # every layer fired, not just one
 
 
 def test_first_step_exact_inside_longer_run():
@@ -265,3 +266,42 @@ def test_simulation_drops_membranes_only_at_its_end():
         assert torch.equal(result.outputs, step_by_step_reference(qann, x, T))
         for n in spiking_neurons(snn).values():
             assert n.membrane is None and n.keep_membrane and n.steps_done == T
+
+
+def test_exact_ties_deep_in_a_network_round_half_up_at_t1_and_after():
+    """Weights and θ = 1/2 (λ=4, L=8) chosen so that the inputs of both quantizers land exactly on
+    z/θ = k + 1/2: at t=1 each rounds up (floor(z/θ + 1/2), as PQA does; torch.round would take the
+    even level), and over T steps the SNN follows a plain loop in volts, written here."""
+    def linear(w):
+        layer = nn.Linear(2, 2, bias=False)
+        layer.weight.data = torch.tensor(w)
+        return layer
+
+    w2 = [[1.0, 0.5], [0.5, -1.0]]
+    qann = nn.Sequential(linear([[1.0, 0.0], [0.0, 1.0]]), PQA(8, -0.25, 1.0, 4.0),
+                         linear(w2), PQA(8, -0.25, 1.0, 4.0), linear([[1.0, 0.0], [0.0, 1.0]])).eval()
+    x = torch.tensor([[1.25, 0.25]])
+    with torch.no_grad():
+        logits = qann(x)
+    # by hand: z1/θ = 2.5, 0.5 -> levels 3, 1 -> [1.5, 0.5]; z2 = [1.75, 0.25], z2/θ = 3.5, 0.5 -> [2.0, 0.5]
+    assert logits.tolist() == [[2.0, 0.5]]
+    result = simulate(convert_to_snn(qann), x, timesteps=5)
+    assert result.outputs[0].tolist() == [[2.0, 0.5]]
+
+    theta, lo, hi = 0.5, -2, 8
+    volts = [[theta / 2] * 2, [theta / 2] * 2]
+    total, expected = [0.0, 0.0], []
+    for t in range(1, 6):
+        signal = [1.25, 0.25]
+        for layer in range(2):
+            out = []
+            for i, z in enumerate(signal):
+                m = volts[layer][i] + z
+                s = min(max(math.floor(m / theta), lo), hi)
+                volts[layer][i] = m - s * theta
+                out.append(s * theta)
+            signal = out if layer == 1 else [sum(w * o for w, o in zip(row, out)) for row in w2]
+        total = [a + b for a, b in zip(total, signal)]
+        expected.append([total])
+    # the running sums are exact (dyadic); the mean readout divides them by t in float32
+    assert torch.equal(result.outputs, torch.tensor(expected) / torch.arange(1, 6).reshape(-1, 1, 1))

@@ -16,7 +16,7 @@ from pmsm_exp.snn.conversion import convert_to_snn
 from pmsm_exp.engine.training import QANNModule
 from pmsm_exp.models import create_model
 from pmsm_exp.quant import PQA, make_activation, pqa_layers
-from pmsm_exp.snn.simulate import simulate
+from pmsm_exp.snn.simulation import simulate
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pmsm_exp"
 
@@ -75,13 +75,17 @@ def test_first_step_exact_after_casting_both_models(levels, alpha, dtype):
     with torch.no_grad():
         expected = qann(x)
     assert expected.abs().sum() > 0
-    first = simulate(snn, x, 1).outputs[0]
+    result = simulate(snn, x, 1)
+    first = result.outputs[0]
     assert first.dtype == dtype and torch.equal(first, expected)
+    # the neurons exist and each fired (the last layer's bias alone makes the output nonzero)
+    assert len(result.spike_counts) == 2 and all(c[0] > 0 for c in result.spike_counts.values())
+    assert len(set(expected.argmax(1).tolist())) > 1   # predictions vary over the batch
 
 
 def test_models_import_nothing_about_spikes():
     spiking = {"pmsm_exp.snn", "pmsm_exp.snn.spiking_vit", "pmsm_exp.snn.neurons", "pmsm_exp.snn.conversion",
-               "pmsm_exp.snn.simulate"}
+               "pmsm_exp.snn.simulation"}
     for file in (SRC / "models").glob("*.py"):
         for node in ast.walk(ast.parse(file.read_text())):
             if isinstance(node, ast.ImportFrom):

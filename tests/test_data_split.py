@@ -156,3 +156,33 @@ def test_val_fraction_that_holds_out_nothing_is_refused(cifar_root):
     dm = CIFAR10DataModule(data_dir=str(cifar_root), train_subset=10, val_fraction=0.01)
     with pytest.raises(UserError, match=r"^data\.val_fraction: got 0\.01; of 10 training images"):
         dm.setup()
+
+
+def test_validation_in_a_train_run_is_the_held_out_split_not_the_test_set(tmp_path, monkeypatch):
+    """Through the trainer train.py builds: the val/acc a run records is the accuracy of its final
+    weights on the held-out training images, recomputed here from the checkpoint; the same weights
+    score otherwise on the test set (a validation loop fed the test set would record that)."""
+    import json
+    from test_gpu_switches import run_script
+    from pmsm_exp.jobs.builders import build_datamodule, build_model
+    from pmsm_exp.runs.checkpoints import load_checkpoint
+    metrics = run_script("train", ["data=synthetic", "data.train_size=96", "data.test_size=64", "data.batch_size=16",
+                                   "data.val_fraction=0.5", "epochs=2", "snn.timesteps=1", "logger=csv",
+                                   ], tmp_path, monkeypatch)
+    config, state, _ = load_checkpoint(tmp_path / metrics["run"]["checkpoint"])
+    dm = build_datamodule(config["data"])
+    dm.setup("fit")
+    model = build_model(config["model"], config["pqa"], dm.num_classes)
+    model.load_state_dict(state)
+    model.eval()
+
+    def accuracy(dataset):
+        x, y = zip(*(dataset[i] for i in range(len(dataset))))
+        with torch.no_grad():
+            return (model(torch.stack(x)).argmax(1) == torch.tensor(y)).double().mean().item()
+
+    val, test = accuracy(dm.val_set), accuracy(dm.test_set)
+    assert len(dm.val_set) == metrics["data"]["val_images"] == 48 and val != test
+    assert metrics["training"]["final_val_acc"] == pytest.approx(val, abs=1e-6)
+    assert metrics["qann"]["test_acc"] == pytest.approx(test, abs=1e-9)
+    assert json.dumps(metrics)   # strict JSON all along

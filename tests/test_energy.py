@@ -40,7 +40,7 @@ from pmsm_exp.analysis.analyze import analyze, compare_runs
 from pmsm_exp.snn.conversion import convert_to_snn
 from pmsm_exp.snn.neurons import spiking_neurons
 from pmsm_exp.quant import PQA
-from pmsm_exp.snn.simulate import simulate
+from pmsm_exp.snn.simulation import simulate
 
 X = torch.tensor([[2.25, 1.25]])
 ZERO = torch.zeros(1, 2)

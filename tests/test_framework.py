@@ -15,12 +15,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
+from helpers import assert_every_layer_fired
 from pmsm_exp.jobs import builders
 from pmsm_exp.runs import tracking
 from pmsm_exp.jobs.checks import check_train_config, checked_model, job_neuron
 from pmsm_exp.snn.conversion import NEURONS
 from pmsm_exp.quant import pqa_layers
-from pmsm_exp.snn.simulate import check_settings
+from pmsm_exp.snn.simulation import check_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -153,6 +154,7 @@ def test_train_writes_metrics_checkpoint_and_wandb(train_run):
     assert 0 <= metrics["qann"]["test_acc"] <= 1
     assert snn["test_acc"][0] == metrics["qann"]["test_acc"]      # lossless first step
     assert snn["agreement"][0] == 1.0
+    assert_every_layer_fired({"snn": snn})
     assert len(snn["layer_spikes"]) == 19 and snn["spikes_per_image"][2] > snn["spikes_per_image"][0] > 0
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert not (run_dir / "checkpoints" / "best.ckpt").exists()  # val_fraction=0: nothing to choose best on
@@ -232,6 +234,7 @@ def test_real_cifar10_end_to_end(tmp_path):
     metrics = json.loads(next((tmp_path / "logs").rglob("metrics.json")).read_text())
     assert metrics["run"]["data"] == "cifar10"
     assert metrics["snn"]["agreement"][0] == 1.0
+    assert_every_layer_fired(metrics)
     assert metrics["snn"]["test_acc"][0] == metrics["qann"]["test_acc"]
 
 

@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from helpers import random_qann, randomize
+from helpers import random_qann, randomize, assert_every_layer_fired
 from pmsm_exp.engine import evaluation, switches as speed, training
 from pmsm_exp.jobs.checks import check_model_switches, check_train_config
 from pmsm_exp.snn.conversion import convert_to_snn
@@ -27,7 +27,7 @@ from pmsm_exp.errors import UserError
 from pmsm_exp.snn.folding import fold_batchnorm
 from pmsm_exp.models import create_model
 from pmsm_exp.quant import PQA
-from pmsm_exp.snn.simulate import simulate
+from pmsm_exp.snn.simulation import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 CL = torch.channels_last
@@ -123,6 +123,7 @@ def test_channels_last_bf16_mixed_run_trains_in_autocast_and_evaluates_exactly_i
     assert seen["train"] == [(True, True, True)] * 2   # autocast, channels_last inputs and weights
     assert seen["test"] and all(s == (False, True) for s in seen["test"])  # float32, channels_last SNN
     assert metrics["snn"]["agreement"][0] == 1.0 and metrics["snn"]["test_acc"][0] == metrics["qann"]["test_acc"]
+    assert_every_layer_fired(metrics)
     # reference: the checkpoint's weights in a fresh contiguous float32 model, evaluated by hand
     ckpt = torch.load(next((tmp_path / "logs").rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert ckpt["pmsm_config"]["model"]["channels_last"] is True
@@ -141,6 +142,7 @@ def test_channels_last_bf16_mixed_run_trains_in_autocast_and_evaluates_exactly_i
                                        "snn.timesteps=2", "model.channels_last=false"], tmp_path / "convert", monkeypatch)
     assert seen["test"] and all(s == (False, False) for s in seen["test"])
     assert converted["qann"]["test_acc"] == metrics["qann"]["test_acc"] and converted["snn"]["agreement"][0] == 1.0
+    assert_every_layer_fired(converted)
 
 
 # ---------------------------------------------------------------- compile
@@ -183,6 +185,7 @@ def test_checkpoint_trained_compiled_converts(tmp_path, monkeypatch):
                            tmp_path / "convert", monkeypatch)
     assert converted["qann"]["test_acc"] == trained["qann"]["test_acc"]
     assert converted["snn"]["agreement"][0] == 1.0
+    assert_every_layer_fired(converted)
 
 
 # ---------------------------------------------------------------- trainer=gpu and the checks

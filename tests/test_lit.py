@@ -46,3 +46,19 @@ def test_unknown_optimizer_and_scheduler():
         tiny_module({"name": "adam", "lr": 0.1})
     with pytest.raises(ValueError, match="unknown scheduler 'step'.*cosine, none"):
         tiny_module({**SGD, "scheduler": "step"})
+
+
+def test_logged_learning_rates_follow_the_cosine_schedule(tmp_path, monkeypatch):
+    """The LR monitor of a train.py run (logger=csv) logs, at each epoch's start, 0.1·½(1 + cos(π·s/S))
+    for the step s the epoch starts at and S steps in all (no warm-up): written out here."""
+    import csv
+    import math
+    from test_gpu_switches import run_script
+    run_script("train", ["data=synthetic", "data.train_size=64", "data.test_size=16", "data.batch_size=32",
+                         "epochs=3", "snn.timesteps=1", "logger=csv", "optim.lr=0.1", "optim.warmup_epochs=0"],
+               tmp_path, monkeypatch)
+    rows = list(csv.DictReader(next(tmp_path.rglob("csv/metrics.csv")).open()))
+    column = next(k for k in rows[0] if k.startswith("lr-"))
+    logged = [float(r[column]) for r in rows if r.get(column)]
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * 2 * e / 6)) for e in range(3)]   # 2 steps per epoch
+    assert logged == pytest.approx(expected, rel=1e-9, abs=1e-12)

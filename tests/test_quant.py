@@ -1,3 +1,4 @@
+import math
 import pytest
 import torch
 
@@ -304,3 +305,41 @@ def test_eager_quantizer_bit_for_bit_when_activation_and_gradient_layouts_differ
         out, grad_z, grad_lam = fused_run(levels, alpha, beta, lam, zz, gg)
         ref_out, ref_z, ref_lam = formula(zz, torch.tensor(lam), levels, lo, hi, gg)
         assert torch.equal(out, ref_out) and torch.equal(grad_z, ref_z) and torch.equal(grad_lam, ref_lam)
+
+
+def test_compiled_kernels_on_small_tensors_equal_independent_formulas(monkeypatch):
+    """The path every long float32 training run takes (snn.kernels=auto compiles the quantizer), in the
+    default suite: PQA forward and backward and the AIF neuron through torch.compile, on small dyadic
+    tensors (every operation exact), against formulas written here in float64 from DESIGN.md §1.
+    The compiled kernels must really run: a fallback to the eager ones fails the test."""
+    from pmsm_exp.quant import kernels as fused
+    from pmsm_exp.snn.neurons import aif_neuron
+    from test_neurons import reference_aif   # the neuron in volts, step by step (DESIGN.md §1)
+    if fused.compile_unavailable("cpu"):
+        pytest.skip(f"torch.compile cannot build CPU kernels here: {fused.compile_unavailable('cpu')}")
+    monkeypatch.setattr(fused, "failures", {})
+    monkeypatch.setattr(fused, "_compiled", {})   # only this test's calls fill it
+    g = torch.Generator().manual_seed(0)
+    levels, lo, hi, lam = 8, -2, 8, 2.0            # θ = 1/4
+    theta = lam / levels
+    ties = (torch.arange(lo - 2, hi + 2) + 0.5) * theta            # every z/θ = k + 1/2, both signs of k
+    z = torch.cat([(torch.randn(64 - len(ties), generator=g) * 2 * 64).round() / 64, ties]).reshape(4, 4, 4)
+    grad = (torch.randn(4, 4, 4, generator=g) * 64).round() / 64
+    k = [min(max(math.floor(v / theta + 0.5), lo), hi) for v in z.double().flatten().tolist()]
+    inside = [lo <= math.floor(v / theta + 0.5) <= hi for v in z.double().flatten().tolist()]
+    q = PQA(levels, -0.25, 1.0, lam)
+    q.kernels = "compile"
+    zz = z.clone().requires_grad_()
+    out = q(zz)
+    out.backward(grad)
+    assert out.flatten().tolist() == [kk * theta for kk in k]
+    assert zz.grad.flatten().tolist() == [gg if i else 0.0 for gg, i in zip(grad.flatten().tolist(), inside)]
+    dlam = sum(gg * (kk - (v / theta if i else 0.0)) for gg, kk, v, i in
+               zip(grad.double().flatten().tolist(), k, z.double().flatten().tolist(), inside)) / levels
+    assert q.threshold.grad.item() == dlam
+    currents = (torch.randn(4, 2, 6, generator=g) * 2 * 64).round() / 64
+    n = aif_neuron(torch.tensor(theta), min_level=lo, max_level=hi)
+    n.kernels, n.steps = "compile", 4
+    spikes = (n(currents.reshape(8, 6)) / theta).reshape(4, 2, 6)
+    assert torch.equal(spikes, reference_aif(currents, theta, lo, hi)[0])
+    assert fused.failures == {} and set(fused._compiled) >= {"pqa_forward", "pqa_backward", "aif_steps"}

@@ -67,3 +67,33 @@ def test_published_paths_check_out_on_windows():
     # Windows refuses these characters in file names (git cannot check such a path out there)
     bad = [p for p in RESULTS.rglob("*") if any(c in p.relative_to(ROOT).as_posix() for c in ':*?"<>|\\')]
     assert not bad, bad[:3]
+
+
+def test_readme_prose_numbers_come_from_the_records():
+    """Every number README's Results prose states, recomputed here from the committed records."""
+    runs = [json.loads(p.read_text()) for p in sorted(RUNS.rglob("metrics.json"))]
+    convert = {m["run"]["method"]: m for m in runs if m["run"]["task"] == "convert"
+               and m["run"]["experiment"] == "table1_resnet20_cifar10"}
+    pmsm, qcfs = convert["pmsm"]["snn"], convert["qcfs"]["snn"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
+    later = [100 * a for a in pmsm["test_acc"][1:8]]
+    assert f"stays at {min(later):.1f}-{max(later):.1f}% for T=2…8" in readme
+    reach_qann = next(t for t, a in zip(qcfs["timesteps"], qcfs["test_acc"]) if a >= convert["qcfs"]["qann"]["test_acc"])
+    assert f"needs about {reach_qann} steps to reach its QANN" in readme
+    assert f"({pct(convert['qcfs']['qann']['test_acc'])} against {pct(convert['pmsm']['qann']['test_acc'])})" in readme
+    assert f"starts at {pct(qcfs['test_acc'][0])} at T=1" in readme
+    spikes = pmsm["spikes_per_image"][0] / qcfs["spikes_per_image"][0]
+    events = pmsm["spike_events_per_image"][0] / qcfs["spike_events_per_image"][0]
+    assert f"PMSM emits {spikes:.1f}x QCFS's spikes ({events:.1f}x its spike events)" in readme
+    first = next(i for i, a in enumerate(qcfs["test_acc"]) if a >= pmsm["test_acc"][0])
+    more = qcfs["spikes_per_image"][first] / pmsm["spikes_per_image"][0]
+    more_events = qcfs["spike_events_per_image"][first] / pmsm["spike_events_per_image"][0]
+    assert (f"first reaches PMSM's T=1 accuracy at T={qcfs['timesteps'][first]}, with {more:.2f}x PMSM's spikes "
+            f"(PMSM uses {1 / more:.2f}x) and {more_events:.2f}x its spike events") in readme
+    power = lambda n, t: n * 0.9e-12 / (t * 1e-3) * 1e3  # noqa: E731  (Eq. 11, mW)
+    assert (f"({power(qcfs['spikes_per_image'][first], qcfs['timesteps'][first]):.3f} mW against "
+            f"{power(pmsm['spikes_per_image'][0], 1):.3f} mW)") in readme
+    gap_t1 = 0.6243 - qcfs["test_acc"][0]
+    gap_qann = 0.9177 - convert["qcfs"]["qann"]["test_acc"]
+    assert f"is {100 * gap_t1:.1f} points below the paper's 62.43%" in readme and f"({100 * gap_qann:.1f} points)" in readme

@@ -9,7 +9,7 @@ from pmsm_exp.models import vit
 from pmsm_exp.models.vit import PQAViT, calibrate_thresholds, initial_threshold, load_timm_weights
 from pmsm_exp.snn.neurons import multistep_modules, spiking_neurons
 from pmsm_exp.quant import PQA, make_activation, pqa_layers
-from pmsm_exp.snn.simulate import simulate
+from pmsm_exp.snn.simulation import simulate
 from pmsm_exp.snn.spiking_vit import SpikingBiasOnce, SpikingMatMul, SpikingOnSum, SpikingTokens
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)

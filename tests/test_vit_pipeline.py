@@ -4,6 +4,7 @@ import json
 from PIL import Image
 import numpy as np
 
+from helpers import assert_every_layer_fired
 from test_framework import run
 
 
@@ -28,6 +29,7 @@ def test_imagenet_vit_train_step_and_snn_evaluation(tmp_path):
     assert metrics["run"]["model"] == "vit_tiny" and metrics["run"]["data"] == "imagenet"
     assert metrics["run"]["snn"]["encoding"] == "first" and metrics["run"]["snn"]["readout"] == "sum"
     assert metrics["snn"]["agreement"][0] == 1.0
+    assert_every_layer_fired(metrics)
     assert metrics["snn"]["test_acc"][0] == metrics["qann"]["test_acc"]
     assert metrics["run"]["pqa"]["levels"] == 16
 
@@ -46,4 +48,13 @@ def test_distillation_from_local_teacher_checkpoint(tmp_path):
     assert "train/distill_kl" in metrics_csv
     ckpt = torch.load(next(logs.rglob("last.ckpt")), map_location="cpu", weights_only=False)
     assert ckpt["state_dict"] and not any(k.startswith("teacher.") for k in ckpt["state_dict"])
-    assert json.loads(next(logs.rglob("metrics.json")).read_text())["snn"]["agreement"][0] == 1.0
+    metrics = json.loads(next(logs.rglob("metrics.json")).read_text())
+    assert metrics["snn"]["agreement"][0] == 1.0
+    assert_every_layer_fired(metrics)
+    # the teacher distilled from is the file's network, weight for weight (not timm's random init)
+    from pmsm_exp.jobs.builders import build_teacher
+    built = build_teacher(metrics["config"]["optim"] | {"distill": {**metrics["config"]["optim"]["distill"],
+                          "checkpoint": str(tmp_path / "teacher.pth")}}, 10)
+    saved = teacher.state_dict()
+    assert built.state_dict().keys() == saved.keys()
+    assert all(torch.equal(built.state_dict()[k], saved[k]) for k in saved)

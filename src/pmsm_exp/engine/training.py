@@ -54,6 +54,7 @@ class QANNModule(L.LightningModule):
         # the code that trained the weights (commit, versions), kept in every checkpoint
         self.provenance = plain(provenance or {})
         self.schedule: dict = {}   # the learning-rate schedule configure_optimizers built
+        self.steps_this_run = 0    # training steps taken by this process (a resumed run: only the remaining ones)
         self.channels_last = bool(channels_last)
         self.model = switches.to_channels_last(model) if self.channels_last else model
         object.__setattr__(self, "compiled_model", switches.compiled(self.model, compile))  # not registered
@@ -82,6 +83,7 @@ class QANNModule(L.LightningModule):
         return (self.model if self.compiled_model is None else self.compiled_model)(x)
 
     def training_step(self, batch, batch_idx):
+        self.steps_this_run += 1
         x, y = batch
         x = switches.as_input(x, self.channels_last)
         inputs, soft_targets = x, None

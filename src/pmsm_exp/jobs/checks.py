@@ -27,7 +27,7 @@ from pmsm_exp.quant.kernels import CHOICES as KERNEL_CHOICES
 from pmsm_exp.quant.pqa import PQAParamError
 from pmsm_exp.runs.checkpoints import load_checkpoint
 from pmsm_exp.snn import ENCODINGS, NEURONS, READOUTS, convert_to_snn
-from pmsm_exp.snn.simulate import check_settings
+from pmsm_exp.snn.simulation import check_settings
 
 EVAL_CHECKPOINTS = ("last", "best")
 PQA_KINDS = ("pqa", "relu")

@@ -87,7 +87,8 @@ def data_record(cfg, datamodule, test_images: int) -> dict:
 
 def training_record(trainer, module: QANNModule, wall_s: float, resumed_from: str | None) -> dict:
     final = {k: trainer.callback_metrics.get(k) for k in ("train/loss", "val/acc", "val/loss")}
-    return {"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step), "wall_s": round(wall_s, 3),
+    return {"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step),
+            "steps_this_run": module.steps_this_run, "wall_s": round(wall_s, 3),
             "final_train_loss": float(final["train/loss"]) if final["train/loss"] is not None else None,
             # on the held-out split of the training set (data.val_fraction > 0), after the last epoch
             "final_val_acc": float(final["val/acc"]) if final["val/acc"] is not None else None,

@@ -1,0 +1,135 @@
+"""Framework overhead: one training epoch through train.py's Lightning path against a plain PyTorch
+loop doing the same work (issue: time to accuracy; target <= 1.05x).
+
+    python benchmarks/overhead.py                          # CIFAR-10 from $PMSM_DATA_DIR, else random images
+    python benchmarks/overhead.py --images 10000 --rounds 5 --precision bf16-mixed
+
+Both sides train ResNet-20 with PQA from the same initial weights on the same images: the on-device
+CIFAR data path (data.on_device=true: crop, flip and normalise per batch, pmsm_exp.data.DeviceLoader),
+the same batch, SGD with momentum and weight decay, the per-step warm-up/cosine schedule, bf16
+autocast (or float32) and the same quantizer kernels. The Lightning side is what train.py runs: the
+QANNModule, a Trainer with the configured callbacks (last.ckpt every epoch, the learning-rate monitor,
+Resumable, StopOnDivergence), a CSV logger and the progress bar off (as in a batch job); each round
+times `trainer.fit` for one epoch, setup included. The plain side is the loop written out. Rounds
+alternate the two (interleaved); figures are medians. Prints a table and writes OUT/overhead.json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import interleaved  # noqa: E402
+
+from pmsm_exp.data import CIFAR10DataModule, default_data_dir  # noqa: E402
+from pmsm_exp.data.common import ArrayDataset  # noqa: E402
+from pmsm_exp.engine.callbacks import StopOnDivergence  # noqa: E402
+from pmsm_exp.engine.checkpoint_io import AtomicCheckpointIO  # noqa: E402
+from pmsm_exp.engine.loggers import CSVLogger  # noqa: E402
+from pmsm_exp.engine.preemption import Resumable  # noqa: E402
+from pmsm_exp.engine.training import QANNModule, lr_factor  # noqa: E402
+from pmsm_exp.models import create_model  # noqa: E402
+from pmsm_exp.quant import make_activation, use_kernels  # noqa: E402
+
+OPTIM = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "scheduler": "cosine", "warmup_epochs": 1}
+
+
+def datamodule(images: int, batch: int) -> CIFAR10DataModule:
+    root = Path(default_data_dir())
+    dm = CIFAR10DataModule(data_dir=str(root), batch_size=batch, num_workers=0, on_device=True,
+                           train_subset=images)
+    if (root / "cifar-10-batches-py").is_dir():
+        dm.setup("fit")
+        return dm
+    # no CIFAR-10 here: random uint8 images of its shape (the cost does not depend on the pixels)
+    g = torch.Generator().manual_seed(0)
+    dm.train_set = ArrayDataset(torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=g),
+                                torch.randint(0, 10, (images,), generator=g), dm.train_transform())
+    dm.test_set = dm.train_set
+    return dm
+
+
+def lightning_epoch(model0, dm, precision: str, kernels: str, work: Path):
+    def run():
+        model = use_kernels(copy.deepcopy(model0), kernels)
+        module = QANNModule(model, 10, OPTIM)
+        ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work / "checkpoints", filename="last",
+                                                   enable_version_counter=False)
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, precision=precision, logger=CSVLogger(str(work)),
+                            callbacks=[ckpt, L.pytorch.callbacks.LearningRateMonitor(logging_interval="epoch"),
+                                       Resumable(work / "checkpoints"), StopOnDivergence()],
+                            plugins=[AtomicCheckpointIO()], enable_progress_bar=False, enable_model_summary=False,
+                            limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=50)
+        trainer.fit(module, datamodule=dm)
+    return run
+
+
+def plain_epoch(model0, dm, precision: str, kernels: str):
+    def run():
+        model = use_kernels(copy.deepcopy(model0), kernels).train()
+        opt = torch.optim.SGD(model.parameters(), lr=OPTIM["lr"], momentum=OPTIM["momentum"],
+                              weight_decay=OPTIM["weight_decay"])
+        steps = math.ceil(len(dm.train_set) / dm.batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, steps, "cosine"))
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
+        for x, y in dm.device_loader("cpu"):
+            with autocast:
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return run
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--precision", choices=("bf16-mixed", "32-true"), default="bf16-mixed")
+    ap.add_argument("--kernels", choices=("eager", "compile"), default="eager")
+    ap.add_argument("--out", default="bench-out")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    model0 = create_model("resnet20", 10, make_activation("pqa"))
+    dm = datamodule(args.images, args.batch)
+    with tempfile.TemporaryDirectory() as work:
+        cases = {"lightning (train.py's path)": lightning_epoch(model0, dm, args.precision, args.kernels, Path(work)),
+                 "plain PyTorch loop": plain_epoch(model0, dm, args.precision, args.kernels)}
+        for fn in cases.values():   # warm-up: allocator, oneDNN choices, imports inside Lightning
+            fn()
+        times = interleaved(cases, args.rounds, torch.device("cpu"),
+                            on_round=lambda r: print(f"round {r}/{args.rounds}", file=sys.stderr))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["lightning (train.py's path)"] / med["plain PyTorch loop"]
+    steps = math.ceil(len(dm.train_set) / args.batch)
+    lines = [f"ResNet-20 PQA, {len(dm.train_set)} images ({steps} steps of {args.batch}), {args.precision}, "
+             f"{args.kernels} kernels, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds (medians)", "",
+             "| path | s per epoch | ms per step |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.2f} | {1000 * v / steps:.1f} |" for k, v in med.items()]
+    lines += ["", f"Lightning / plain: {ratio:.3f}x"]
+    print("\n".join(lines))
+    result = {"settings": vars(args), "images": len(dm.train_set), "steps": steps, "seconds": times,
+              "median": med, "ratio": ratio, "torch": str(torch.__version__), "lightning": L.__version__}
+    os.makedirs(args.out, exist_ok=True)
+    Path(args.out, "overhead.json").write_text(json.dumps(result, indent=2))
+    Path(args.out, "overhead.md").write_text("\n".join(lines) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
