@@ -610,6 +610,42 @@ def log_wandb(kind: str, name: str, rows: list[dict], sel: Selection, out: Path,
     return dirs
 
 
+# ---------------------------------------------------------------- recipe selection (validation only)
+def selection(groups: list[Group]) -> list[dict]:
+    """One row per candidate recipe: what it changed and its accuracy on the held-out split of the
+    training set after its last epoch (the test set is not shown: nothing is chosen on it)."""
+    vary = varying(groups)
+    rows = []
+    for g in groups:
+        vals = [(r.metrics.get("training") or {}).get("final_val_acc") for r in g.runs]
+        mean, std, count = _stats(vals)
+        if not count:
+            continue
+        training = g.runs[0].metrics.get("training") or {}
+        usual = {k: Counter(h.settings.get(k, "(default)") for h in groups).most_common(1)[0][0] for k in vary[id(g)]}
+        changed = " ".join(f"{k}={g.settings.get(k, '(default)')}" for k in vary[id(g)]
+                           if k != "task" and g.settings.get(k, "(default)") != usual[k])
+        rows.append({"experiment": g.experiment, "model": g.model, "method": g.method, "changed": changed or "(none)",
+                     "n": len(g.runs), "val_acc": _r(mean), "val_std": _r(std), "epochs": training.get("epochs"),
+                     "train_images": (g.runs[0].metrics.get("data") or {}).get("train_images"),
+                     "val_images": (g.runs[0].metrics.get("data") or {}).get("val_images"),
+                     "final_train_loss": _r(training.get("final_train_loss")), "code": code_of(g)})
+    rows.sort(key=lambda r: (r["experiment"], -(r["val_acc"] or 0)))
+    return rows
+
+
+def render_selection(rows: list[dict]) -> str:
+    best = {r["experiment"]: r["changed"] for r in rows[::-1]}   # rows sorted best first per experiment
+    shown = [{"changed (from the first campaign's recipe)": r["changed"], "n": r["n"],
+              "val acc": f"{100 * r['val_acc']:.2f}" + (f" ± {100 * r['val_std']:.2f}" if r["val_std"] else ""),
+              "epochs": r["epochs"], "train / val images": f"{r['train_images']} / {r['val_images']}",
+              "final train loss": f"{r['final_train_loss']:.3f}" if r["final_train_loss"] is not None else "-",
+              "code": r["code"]} for r in rows]
+    return "\n".join([markdown(shown), "", "val acc: accuracy on the held-out part of the training set after the last "
+                      "epoch (percent); the test set is never looked at here. Chosen: "
+                      + "; ".join(f"{e}: {c}" for e, c in sorted(best.items())) + "."])
+
+
 # ---------------------------------------------------------------- energy at equal T and at equal accuracy
 E_SPIKE_PJ = 0.9   # paper Eq. 11: energy per spike (pJ), 1 ms steps
 
@@ -705,7 +741,7 @@ def latest(logs: Path, experiment: str, method: str | None = None, task: str | N
 # ---------------------------------------------------------------- command line
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("table", choices=(*TABLES, "equal", "latest", "plot"),
+    ap.add_argument("table", choices=(*TABLES, "equal", "selection", "latest", "plot"),
                     help="a table, equal (energy of PMSM and QCFS at equal T and at equal accuracy), latest (the "
                          "newest run's folder), or plot (SNN accuracy over T, a PNG)")
     ap.add_argument("--task", default=None, help="latest: only train or convert runs; equal: the runs compared")
@@ -738,6 +774,20 @@ def main(argv=None) -> list[dict] | Path:
         return run.folder
     sel = collect(a.logs, a.experiment)
     groups = group_runs(sel)
+    if a.table == "selection":
+        rows = selection(groups)
+        if not rows:
+            fail("selection: no finished run with a validation accuracy (data.val_fraction > 0)")
+        text = render_selection(rows)
+        print(text)
+        a.out.mkdir(parents=True, exist_ok=True)
+        name = a.name or "selection"
+        with open(a.out / f"{name}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+        (a.out / f"{name}.md").write_text(text + "\n")
+        return rows
     if a.table == "equal":
         chosen = [g for g in groups if a.task is None or g.settings.get("task") == a.task]
         rows = equal_energy(chosen)
