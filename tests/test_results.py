@@ -97,3 +97,17 @@ def test_readme_prose_numbers_come_from_the_records():
     gap_t1 = 0.6243 - qcfs["test_acc"][0]
     gap_qann = 0.9177 - convert["qcfs"]["qann"]["test_acc"]
     assert f"is {100 * gap_t1:.1f} points below the paper's 62.43%" in readme and f"({100 * gap_qann:.1f} points)" in readme
+
+
+def test_recipe_selection_table_is_the_report_output(tmp_path):
+    report.main(["selection", "--logs", str(RUNS), "--experiment", "recipe_select", "--out", str(tmp_path),
+                 "--name", "recipe_select"])
+    for suffix in (".md", ".csv"):
+        assert (RESULTS / f"recipe_select{suffix}").read_text() == (tmp_path / f"recipe_select{suffix}").read_text()
+    assert (tmp_path / "recipe_select.md").read_text().strip() in (ROOT / "README.md").read_text()
+    # the recipe conf/recipe/fast.yaml sets is the one with the best validation accuracy
+    import csv
+    best = next(csv.DictReader((tmp_path / "recipe_select.csv").open()))
+    fast = (ROOT / "conf" / "recipe" / "fast.yaml").read_text()
+    assert best["changed"] == "lambda0=2 optim.lr=0.2 optim.nesterov=True"
+    assert "threshold: 2.0" in fast and "lr: 0.2" in fast and "nesterov: true" in fast

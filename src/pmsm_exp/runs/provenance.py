@@ -4,7 +4,7 @@ diverged runs alike) and in every checkpoint, so a convert run can say what trai
 
 Paths never name this machine: values under the log root are written relative to it
 (`<logs>/train/runs/...`), under the repository relative to it (`<repo>/...`), anything else
-by its last two components (`<elsewhere>/shared/data`).
+by its last component (`<elsewhere>/data`).
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def portable(value, log_root: Path | None):
         if root is not None and (path == root or root in path.parents):
             rel = path.relative_to(root).as_posix()
             return name if rel == "." else f"{name}/{rel}"
-    return "<elsewhere>/" + "/".join(path.parts[-2:])
+    return "<elsewhere>/" + path.name   # no other part of a foreign path: it could name this machine
 
 
 def command(task: str, overrides, log_root: Path | None = None) -> str:

@@ -49,7 +49,11 @@ def portable_record(value, log_root: Path):
     if isinstance(value, list):
         return [portable_record(v, log_root) for v in value]
     if isinstance(value, str):
+        if value.startswith("<elsewhere>/"):   # written by code that kept two components of a foreign path
+            return "<elsewhere>/" + value.rstrip("/").rsplit("/", 1)[-1]
         key, sep, rest = value.partition("=")
+        if sep and rest.startswith("<elsewhere>/"):
+            return f"{key}={portable_record(rest, log_root)}"
         if sep and rest.startswith("/") and not key.startswith("/"):
             return f"{key}={'<logs>' if key == 'paths.log_dir' else relative_path(rest, log_root)}"
         return relative_path(value, log_root) if value.startswith("/") else value

@@ -595,6 +595,17 @@ def write(kind: str, rows: list[dict], sel: Selection, text: str, out: Path, nam
     return files
 
 
+def write_plain(rows: list[dict], text: str, out: Path, name: str) -> None:
+    """Print `text` and write it as OUT/name.md beside the rows as OUT/name.csv."""
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    (out / f"{name}.md").write_text(text + "\n")
+
+
 def log_wandb(kind: str, name: str, rows: list[dict], sel: Selection, out: Path, mode: str, project: str) -> list[str]:
     """The table (and the runs left out) as W&B Tables in one job_type=report run per experiment,
     in that experiment's W&B group; returns the runs' folders."""
@@ -778,30 +789,14 @@ def main(argv=None) -> list[dict] | Path:
         rows = selection(groups)
         if not rows:
             fail("selection: no finished run with a validation accuracy (data.val_fraction > 0)")
-        text = render_selection(rows)
-        print(text)
-        a.out.mkdir(parents=True, exist_ok=True)
-        name = a.name or "selection"
-        with open(a.out / f"{name}.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
-        (a.out / f"{name}.md").write_text(text + "\n")
+        write_plain(rows, render_selection(rows), a.out, a.name or "selection")
         return rows
     if a.table == "equal":
         chosen = [g for g in groups if a.task is None or g.settings.get("task") == a.task]
         rows = equal_energy(chosen)
         if not rows:
             fail("equal: no experiment with one PMSM and one QCFS run simulated over several steps")
-        text = render_energy(rows)
-        print(text)
-        a.out.mkdir(parents=True, exist_ok=True)
-        name = a.name or "energy_equal"
-        with open(a.out / f"{name}.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
-        (a.out / f"{name}.md").write_text(text + "\n")
+        write_plain(rows, render_energy(rows), a.out, a.name or "energy_equal")
         return rows
     if a.table == "plot":
         title = "SNN accuracy over T" + (f": {' '.join(a.experiment)}" if a.experiment else "")
