@@ -3,4 +3,4 @@
 # lambda/L regimes, and the entropy-guided alpha/beta choice. Closed form; seconds on a CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pmsm_exp.analysis.entropy --out results/entropy --levels 8 --threshold 8 "$@"
+python -m pmsm_exp.analysis.entropy --out "${OUT:-results/entropy}" --levels 8 --threshold 8 "$@"

@@ -141,7 +141,7 @@ def test_no_tracked_file_outside_tests_names_a_path_of_this_machine():
     assert not found, "\n".join(found[:20])
 
 
-PUBLISHED = sorted((ROOT / "results" / "checkpoints").glob("*.ckpt"))
+PUBLISHED = sorted((ROOT / "results" / "checkpoints").rglob("*.ckpt"))
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
 
 
@@ -158,18 +158,20 @@ def real_cifar_few(tmp_path_factory):
 
 @pytest.mark.parametrize("ckpt", PUBLISHED, ids=[p.stem for p in PUBLISHED])
 def test_published_checkpoint_converts_exactly_with_no_other_file(ckpt, real_cifar_few, tmp_path, monkeypatch):
-    """A published checkpoint alone is enough for convert.py: at T=1 on real test images its SNN agrees
-    with its QANN on every image, every layer firing, and the QANN's accuracy is that of the
-    checkpoint's weights run here by hand."""
+    """A published checkpoint alone is enough for convert.py: at T=1 on real test images a PMSM SNN agrees
+    with its QANN on every image, every layer firing (QCFS is not exact at T=1, by design), and the QANN's
+    accuracy is that of the checkpoint's weights run here by hand."""
     from pmsm_exp.data import CIFAR10DataModule
     from pmsm_exp.jobs.builders import build_model
     from pmsm_exp.runs.checkpoints import load_checkpoint
     from helpers import assert_every_layer_fired
     metrics = run_script("convert", [f"ckpt_path={ckpt}", f"data.data_dir={real_cifar_few}", "data.num_workers=0",
                                      "data.test_subset=200", "snn.timesteps=1", "logger=none"], tmp_path, monkeypatch)
-    assert metrics["snn"]["agreement"][0] == 1.0 and metrics["data"]["test_images"] == 200
-    assert_every_layer_fired(metrics)
     config, state, provenance = load_checkpoint(ckpt)
+    assert metrics["data"]["test_images"] == 200
+    if config["pqa"]["method"] == "pmsm":
+        assert metrics["snn"]["agreement"][0] == 1.0
+    assert_every_layer_fired(metrics)
     assert provenance and provenance["git_commit"] and metrics["trained"]["provenance"] == provenance
     model = build_model(config["model"], config["pqa"], 10)
     model.load_state_dict(state)
@@ -183,8 +185,8 @@ def test_published_checkpoint_converts_exactly_with_no_other_file(ckpt, real_cif
 
 def test_published_checkpoints_are_small_and_named_by_their_records():
     for ckpt in PUBLISHED:
-        assert ckpt.stat().st_size < 3 * 2 ** 20, ckpt.name
+        assert ckpt.stat().st_size < 4 * 2 ** 20, ckpt.name     # sweeps/paper.sh: --max-checkpoint-mb 4
         assert set(torch.load(ckpt, weights_only=True)) >= {"state_dict", "pmsm_config", "pmsm_provenance"}
     named = {json.loads(p.read_text())["run"].get("published_checkpoint")
              for p in (ROOT / "results" / "runs").rglob("metrics.json")} - {None}
-    assert named == {f"checkpoints/{p.name}" for p in PUBLISHED}
+    assert named == {p.relative_to(ROOT / "results").as_posix() for p in PUBLISHED}

@@ -27,8 +27,8 @@ def test_weight_averaged_model_is_the_one_evaluated_and_converted_exactly(tmp_pa
 @pytest.mark.parametrize("experiment", ["table1_resnet20_cifar10", "table1_vgg16_cifar10"])
 def test_fast_recipe_composes_over_the_experiment(experiment):
     cfg = compose_train(f"experiment={experiment}", "recipe=fast")
-    assert cfg.epochs == 32 and cfg.pqa.threshold == 2.0 and cfg.optim.nesterov is True and cfg.optim.lr == 0.2
-    assert cfg.data.autoaugment is False and cfg.data.cutout == 0 and cfg.data.batch_size == 128
+    assert cfg.epochs == 18 and cfg.pqa.threshold == 2.0 and cfg.optim.nesterov is True and cfg.optim.lr == 0.2
+    assert cfg.data.autoaugment is False and cfg.data.cutout == 0 and cfg.data.batch_size == 64
     assert cfg.experiment_name == experiment and cfg.trainer.precision == "bf16-mixed"
 
 

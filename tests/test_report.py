@@ -269,7 +269,7 @@ def test_latest_is_by_time_not_by_name(tmp_path, capsys):
         report.main(["latest", "--logs", str(logs), "--experiment", "table3_vgg16_cifar10", "--method", "ann"])
 
 
-@pytest.mark.parametrize("script", ["table3_energy.sh", "table2_vit.sh"])
+@pytest.mark.parametrize("script", ["table2_vit.sh", "paper.sh"])
 def test_sweeps_pick_the_newest_run_by_time(script):
     text = (ROOT / "sweeps" / script).read_text()
     assert "tail -1" not in text and "pmsm_exp.runs.report latest" in text

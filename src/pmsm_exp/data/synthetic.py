@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from pmsm_exp.data.common import (
+from pmsm_exp.data.common import (check_optional_count, check_subset_size,
     ValidationMixin, check_fraction, check_int, checked_split, make_loader, resolve_pin)
 from pmsm_exp.errors import UserError
 
@@ -40,7 +40,8 @@ class SyntheticDataModule(ValidationMixin, L.LightningDataModule):
     def __init__(self, num_classes: int = 10, image_size: int = 32, channels: int = 3,
                  train_size: int = 512, test_size: int = 256, batch_size: int = 64,
                  seed: int = 0, noise: float = 2.0, shift: int = 2, num_workers: int = 0,
-                 pin_memory: Optional[bool] = None, val_fraction: float = 0.0):
+                 pin_memory: Optional[bool] = None, val_fraction: float = 0.0,
+                 train_subset: Optional[int] = None, test_subset: Optional[int] = None):
         super().__init__()
         self.save_hyperparameters()
         self.num_classes = check_int("data.num_classes", num_classes, 1)
@@ -57,6 +58,9 @@ class SyntheticDataModule(ValidationMixin, L.LightningDataModule):
         self.num_workers = check_int("data.num_workers", num_workers, 0)
         self.val_fraction = check_fraction("data.val_fraction", val_fraction)
         self.pin_memory = resolve_pin(pin_memory)
+        # the first N generated samples, as data.train_subset/test_subset take from a real set (BUDGET=smoke)
+        self.train_subset = check_optional_count("data.train_subset", train_subset)
+        self.test_subset = check_optional_count("data.test_subset", test_subset)
         self.train_set = self.val_set = self.test_set = None
 
     @property
@@ -75,7 +79,11 @@ class SyntheticDataModule(ValidationMixin, L.LightningDataModule):
         g = torch.Generator().manual_seed(self.seed)
         t = self.templates(g)
         x, y = make_synthetic(self.train_size, t, self.noise, self.shift, g)
-        self.test_set = TensorDataset(*make_synthetic(self.test_size, t, self.noise, self.shift, g))
+        test_x, test_y = make_synthetic(self.test_size, t, self.noise, self.shift, g)
+        n = check_subset_size("data.train_subset", self.train_subset, len(x), "the synthetic training set")
+        m = check_subset_size("data.test_subset", self.test_subset, len(test_x), "the synthetic test set")
+        x, y = x[:n], y[:n]
+        self.test_set = TensorDataset(test_x[:m], test_y[:m])
         if self.has_validation:  # held out of the training samples, never the test set
             tr, va = checked_split(y, self.val_fraction, self.seed)
             self.val_set = TensorDataset(x[va], y[va])

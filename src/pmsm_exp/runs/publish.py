@@ -2,22 +2,27 @@
 no path of the machine it ran on, and the weights of its training runs as small checkpoints.
 
     python -m pmsm_exp.runs.publish --logs LOGS --out results [--experiment E ...] [--checkpoints]
+                                    [--under NAME] [--max-checkpoint-mb MB]
 
 - Paths in the records become relative to the log root (`train/runs/<date>/checkpoints/last.ckpt`,
   `paths.log_dir=<logs>`); records written before that rule (absolute paths) are rewritten the
   same way, from the run folder's own path below the log root. Run folders keep their relative
   paths, with Hydra's ':' written '=' (so the repository checks out on Windows).
 - Records without `provenance` stay without: nothing is invented for them; tables say "unknown".
-- `--checkpoints`: each finished training run's checkpoint, weights only (no optimizer state, no
+- `--checkpoints [E ...]`: each finished training run's checkpoint, weights only (no optimizer state, no
   teacher), with the config and provenance that convert.py needs, as
   `OUT/checkpoints/<experiment>-<model>-<method>-s<seed>[-<n>].ckpt`; the record's
-  `run.published_checkpoint` names it (relative to OUT).
+  `run.published_checkpoint` names it (relative to OUT). `--max-checkpoint-mb`: larger ones (VGG-16's
+  60 MB) are not published; the record's `run.checkpoint_not_published` says why.
+- `--under NAME` (a campaign, e.g. paper-cpu): records go to `OUT/runs/NAME/` and checkpoints to
+  `OUT/checkpoints/NAME/`, both emptied first, so the folder is exactly the campaign's LOGS.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -71,9 +76,15 @@ def weights_only(ckpt_file: Path, dest: Path) -> Path:
     return dest
 
 
-def publish(logs: Path, out: Path, experiments=None, checkpoints: bool = False) -> list[Path]:
+def publish(logs: Path, out: Path, experiments=None, checkpoints: bool | list[str] = False, under: str | None = None,
+            max_checkpoint_mb: float | None = None) -> list[Path]:
     logs = logs.absolute()
     written, taken = [], set()
+    runs_dir, ckpt_dir = out / "runs", out / "checkpoints"
+    if under:
+        runs_dir, ckpt_dir = runs_dir / under, ckpt_dir / under
+        for folder in (runs_dir, ckpt_dir):
+            shutil.rmtree(folder, ignore_errors=True)
     for path in sorted(logs.rglob(METRICS_FILE)):
         if "wandb" in path.parts:
             continue
@@ -86,7 +97,8 @@ def publish(logs: Path, out: Path, experiments=None, checkpoints: bool = False) 
         if record["run"].get("checkpoint"):
             record["run"]["checkpoint"] = windows_safe(record["run"]["checkpoint"])
         source = checkpoint_file(path.parent, metrics)
-        if (checkpoints and metrics.get("status") == "finished" and metrics["run"].get("task") == "train"
+        wanted = checkpoints is True or (bool(checkpoints) and metrics["run"].get("experiment") in checkpoints)
+        if (wanted and metrics.get("status") == "finished" and metrics["run"].get("task") == "train"
                 and source is not None and source.is_file()):
             r = metrics["run"]
             stem = f"{r.get('experiment')}-{r.get('model')}-{r.get('method')}-s{r.get('seed')}"
@@ -95,9 +107,15 @@ def publish(logs: Path, out: Path, experiments=None, checkpoints: bool = False) 
                 n += 1
                 name = f"{stem}-{n}"
             taken.add(name)
-            record["run"]["published_checkpoint"] = f"checkpoints/{name}.ckpt"
-            weights_only(source, out / "checkpoints" / f"{name}.ckpt")
-        dest = out / "runs" / windows_safe(rel) / METRICS_FILE
+            dest = weights_only(source, ckpt_dir / f"{name}.ckpt")
+            size_mb = dest.stat().st_size / 2 ** 20
+            if max_checkpoint_mb is not None and size_mb > max_checkpoint_mb:
+                dest.unlink()
+                record["run"]["checkpoint_not_published"] = (f"{size_mb:.1f} MB of weights, over the "
+                                                             f"{max_checkpoint_mb:g} MB published per checkpoint")
+            else:
+                record["run"]["published_checkpoint"] = dest.relative_to(out).as_posix()
+        dest = runs_dir / windows_safe(rel) / METRICS_FILE
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(json.dumps(record, indent=2, allow_nan=False))
         written.append(dest)
@@ -110,12 +128,18 @@ def main(argv=None) -> list[Path]:
     ap.add_argument("--logs", type=Path, required=True, help="the campaign's log folder (paths.log_dir)")
     ap.add_argument("--out", type=Path, default=Path("results"))
     ap.add_argument("--experiment", nargs="*", default=None)
-    ap.add_argument("--checkpoints", action="store_true", help="also publish weights-only checkpoints")
+    ap.add_argument("--checkpoints", nargs="*", default=None,
+                    help="also publish weights-only checkpoints (of these experiments; none named: of every one)")
+    ap.add_argument("--under", default=None, help="a campaign's name: OUT/runs/NAME, OUT/checkpoints/NAME")
+    ap.add_argument("--max-checkpoint-mb", type=float, default=None, help="publish no checkpoint larger than this")
     a = ap.parse_args(argv)
     if not a.logs.is_dir():
         raise SystemExit(f"error: --logs: got {a.logs}, which is not a folder")
-    files = publish(a.logs, a.out, a.experiment, a.checkpoints)
-    print(f"published {len(files)} run record(s) into {a.out / 'runs'}")
+    if a.under is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", a.under):
+        raise SystemExit(f"error: --under: got {a.under!r}; allowed: one folder name (letters, digits, _ . -)")
+    checkpoints = a.checkpoints if a.checkpoints else a.checkpoints == []   # bare --checkpoints: all
+    files = publish(a.logs, a.out, a.experiment, checkpoints, a.under, a.max_checkpoint_mb)
+    print(f"published {len(files)} run record(s) into {a.out / 'runs' / (a.under or '')}")
     return files
 
 

@@ -347,6 +347,8 @@ def _matches(p: PaperValue, g: Group, metric: str, t: int | None) -> bool:
 
 
 def paper_tables(kind: str, experiment: str) -> tuple[str, ...]:
+    if kind == "energy":   # Table 3's figures, whichever experiment trained the pair (Table 1's VGG-16 too)
+        return PAPER_TABLES[kind]
     for prefix, tables in EXPERIMENT_TABLES.items():
         if experiment.startswith(prefix):
             return tables
@@ -627,15 +629,23 @@ def selection(groups: list[Group]) -> list[dict]:
     training set after its last epoch (the test set is not shown: nothing is chosen on it)."""
     vary = varying(groups)
     rows = []
+    # what a candidate changed is said against the candidate that sets the fewest overrides (the recipe
+    # the selection started from), so rows of several rounds read alike
+    def overridden(h: Group) -> int:
+        return len(_overrides(h.runs[0].record)) + len(parse_overrides(h.runs[0].record.get("overrides")))
+    by_experiment = defaultdict(list)
+    for g in groups:
+        by_experiment[g.experiment].append(g)
+    start = {e: min(gs, key=overridden) for e, gs in by_experiment.items()}
     for g in groups:
         vals = [(r.metrics.get("training") or {}).get("final_val_acc") for r in g.runs]
         mean, std, count = _stats(vals)
         if not count:
             continue
         training = g.runs[0].metrics.get("training") or {}
-        usual = {k: Counter(h.settings.get(k, "(default)") for h in groups).most_common(1)[0][0] for k in vary[id(g)]}
+        base = start[g.experiment].settings
         changed = " ".join(f"{k}={g.settings.get(k, '(default)')}" for k in vary[id(g)]
-                           if k != "task" and g.settings.get(k, "(default)") != usual[k])
+                           if k != "task" and g.settings.get(k, "(default)") != base.get(k, "(default)"))
         rows.append({"experiment": g.experiment, "model": g.model, "method": g.method, "changed": changed or "(none)",
                      "n": len(g.runs), "val_acc": _r(mean), "val_std": _r(std), "epochs": training.get("epochs"),
                      "train_images": (g.runs[0].metrics.get("data") or {}).get("train_images"),
