@@ -16,6 +16,8 @@
 #
 # Relaunching resumes: finished jobs are skipped, killed ones continue from their checkpoint, failed
 # ones are retried once in the same launch and then reported (the campaign goes on; exit status 1).
+# On a machine without LOGS (a new session), the finished runs already published under OUT are
+# written back into LOGS first (publish --restore), so only what is missing runs.
 # Each step's wall time goes to LOGS/steps.tsv. Run a campaign from one commit (git stash/worktree).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +45,9 @@ COMMON=(budget="$BUDGET" paths.log_dir="$LOGS")
 if [ "$BUDGET" = paper ]; then CNN=(); else CNN=(recipe=fast); fi   # the CNNs' short-budget recipe
 mkdir -p "$LOGS"
 failed=()
+if [ -d "$OUT/runs/paper-$BUDGET" ]; then
+  python -m pmsm_exp.runs.publish --restore --logs "$LOGS" --out "$OUT" --under "paper-$BUDGET" || exit 1
+fi
 
 # run STEP CMD...: once, again if it failed (a relaunch in the same folders: finished jobs are skipped),
 # then recorded in LOGS/steps.tsv with its wall time and exit status.

@@ -178,10 +178,15 @@ def test_smoke_campaign_piece_trains_converts_and_publishes(tmp_path):
         assert (out / name).is_file(), name
     steps = (tmp_path / "logs" / "steps.tsv").read_text().splitlines()
     assert [s.split("\t")[0] for s in steps] == ["table1_resnet20_pmsm", "table1_resnet20_qcfs", "publish", "build"]
+    # relaunched where LOGS is gone (a new machine): the published records are restored, nothing retrains
     start = time.time()
-    again = subprocess.run(cmd, env={**env, "STEPS": "table1_resnet20"}, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and time.time() - start < 120
-    assert "already finished" in again.stdout + again.stderr
+    again = subprocess.run(cmd, env={**env, "STEPS": "table1_resnet20", "LOGS": str(tmp_path / "new")},
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and time.time() - start < 120, again.stderr[-2000:]
+    assert "restored 2 finished run record(s)" in again.stdout
+    assert (again.stdout + again.stderr).count("already finished") == 2
+    restored = list((tmp_path / "new").rglob("metrics.json"))
+    assert len(restored) == 2 and all(len(list(p.parent.glob("checkpoints/last.ckpt"))) == 1 for p in restored)
 
 
 def test_paper_sh_refuses_a_bad_budget_before_any_work(tmp_path):
@@ -212,3 +217,35 @@ def test_whole_smoke_campaign_writes_every_file_in_under_15_minutes(tmp_path):
     assert all(m["status"] == "finished" for m in records)
     assert all(m["snn"]["agreement"][0] == 1.0 for m in records
                if m["run"]["method"] == "pmsm" and m["run"]["model"] in ("resnet20", "vgg16"))
+
+
+def test_stand_in_files_are_read_by_the_real_data_modules(tmp_path):
+    """BUDGET=smoke's CIFAR-100 and ImageNet: files in the real layouts, read by the real modules."""
+    from pmsm_exp.data import CIFAR100DataModule, ImageNetDataModule
+    from pmsm_exp.data.stand_in import write
+    write(tmp_path, ["cifar100", "imagenet"], train=300, test=120)
+    dm = CIFAR100DataModule(data_dir=str(tmp_path), batch_size=50, num_workers=0, train_subset=256, test_subset=100)
+    dm.setup("fit")
+    dm.setup("test")
+    x, y = next(iter(dm.test_dataloader()))
+    assert x.shape == (50, 3, 32, 32) and len(dm.train_set) == 256 and len(dm.test_set) == 100
+    assert set(y.tolist()) == set(range(50))          # labels cycle through the 100 classes
+    net = ImageNetDataModule(data_dir=str(tmp_path / "imagenet"), batch_size=4, num_workers=0, train_subset=8,
+                             test_subset=4, repeated_aug=1)
+    net.setup("test")
+    x, y = next(iter(net.test_dataloader()))
+    assert x.shape == (4, 3, 224, 224) and net.num_classes == 1000
+    assert (tmp_path / "STAND_IN").read_text().split() == ["cifar100", "imagenet"]
+
+
+def test_synthetic_subsets_take_the_first_samples():
+    from pmsm_exp.data.synthetic import SyntheticDataModule
+    from pmsm_exp.errors import UserError
+    full, part = SyntheticDataModule(seed=3), SyntheticDataModule(seed=3, train_subset=100, test_subset=50)
+    full.setup()
+    part.setup()
+    assert len(part.train_set) == 100 and len(part.test_set) == 50
+    assert (part.train_set.tensors[0] == full.train_set.tensors[0][:100]).all()
+    assert (part.test_set.tensors[0] == full.test_set.tensors[0][:50]).all()   # the test set does not move
+    with pytest.raises(UserError, match=r"^data.train_subset: got 600; the synthetic training set has 512"):
+        SyntheticDataModule(train_subset=600).setup()

@@ -16,6 +16,11 @@ no path of the machine it ran on, and the weights of its training runs as small 
   60 MB) are not published; the record's `run.checkpoint_not_published` says why.
 - `--under NAME` (a campaign, e.g. paper-cpu): records go to `OUT/runs/NAME/` and checkpoints to
   `OUT/checkpoints/NAME/`, both emptied first, so the folder is exactly the campaign's LOGS.
+  Unfinished runs (status running) are not published: a snapshot of a campaign still going
+  holds what it has finished, failed or diverged.
+- `--restore` (with `--under`): the reverse, for a campaign relaunched on another machine: every
+  published record of a finished run that LOGS lacks is written back into its run folder (and its
+  published checkpoint as `checkpoints/last.ckpt`), so the relaunched sweep skips those jobs.
 """
 from __future__ import annotations
 
@@ -91,6 +96,8 @@ def publish(logs: Path, out: Path, experiments=None, checkpoints: bool | list[st
         metrics, why = read_metrics(path)
         if metrics is None or (experiments and metrics["run"].get("experiment") not in experiments):
             continue
+        if under and metrics.get("status") == "running":
+            continue
         rel = path.parent.relative_to(logs).as_posix()
         record = portable_record(metrics, logs)
         record["run"]["folder"] = windows_safe(rel)
@@ -122,6 +129,31 @@ def publish(logs: Path, out: Path, experiments=None, checkpoints: bool | list[st
     return written
 
 
+def restore(out: Path, under: str, logs: Path) -> list[Path]:
+    """Published finished records of campaign `under` written back into LOGS where it lacks them."""
+    written = []
+    runs = out / "runs" / under
+    for path in sorted(runs.rglob(METRICS_FILE)):
+        metrics, _ = read_metrics(path)
+        if metrics is None or metrics.get("status") != "finished":
+            continue
+        folder = logs / path.parent.relative_to(runs).as_posix().replace("=", ":")   # Hydra's folder names
+        if (folder / METRICS_FILE).exists():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / METRICS_FILE).write_text(path.read_text())
+        published = metrics["run"].get("published_checkpoint")
+        if published and (out / published).is_file():
+            (folder / "checkpoints").mkdir(exist_ok=True)
+            shutil.copyfile(out / published, folder / "checkpoints" / "last.ckpt")
+        written.append(folder / METRICS_FILE)
+    steps = runs / "steps.tsv"
+    if steps.is_file() and not (logs / "steps.tsv").exists():
+        logs.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(steps, logs / "steps.tsv")
+    return written
+
+
 def main(argv=None) -> list[Path]:
     ap = argparse.ArgumentParser(prog="python -m pmsm_exp.runs.publish", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -132,11 +164,18 @@ def main(argv=None) -> list[Path]:
                     help="also publish weights-only checkpoints (of these experiments; none named: of every one)")
     ap.add_argument("--under", default=None, help="a campaign's name: OUT/runs/NAME, OUT/checkpoints/NAME")
     ap.add_argument("--max-checkpoint-mb", type=float, default=None, help="publish no checkpoint larger than this")
+    ap.add_argument("--restore", action="store_true", help="write OUT/runs/UNDER's finished records back into LOGS")
     a = ap.parse_args(argv)
-    if not a.logs.is_dir():
-        raise SystemExit(f"error: --logs: got {a.logs}, which is not a folder")
     if a.under is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", a.under):
         raise SystemExit(f"error: --under: got {a.under!r}; allowed: one folder name (letters, digits, _ . -)")
+    if a.restore:
+        if a.under is None:
+            raise SystemExit("error: --restore needs --under NAME (the campaign's published folder)")
+        files = restore(a.out, a.under, a.logs)
+        print(f"restored {len(files)} finished run record(s) from {a.out / 'runs' / a.under} into {a.logs}")
+        return files
+    if not a.logs.is_dir():
+        raise SystemExit(f"error: --logs: got {a.logs}, which is not a folder")
     checkpoints = a.checkpoints if a.checkpoints else a.checkpoints == []   # bare --checkpoints: all
     files = publish(a.logs, a.out, a.experiment, checkpoints, a.under, a.max_checkpoint_mb)
     print(f"published {len(files)} run record(s) into {a.out / 'runs' / (a.under or '')}")
