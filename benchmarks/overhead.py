@@ -33,7 +33,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pmsm_exp.data import CIFAR10DataModule, default_data_dir  # noqa: E402
 from pmsm_exp.data.common import ArrayDataset  # noqa: E402

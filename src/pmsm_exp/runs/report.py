@@ -632,7 +632,7 @@ def selection(groups: list[Group]) -> list[dict]:
     # what a candidate changed is said against the candidate that sets the fewest overrides (the recipe
     # the selection started from), so rows of several rounds read alike
     def overridden(h: Group) -> int:
-        return len(_overrides(h.runs[0].record)) + len(parse_overrides(h.runs[0].record.get("overrides")))
+        return len(parse_overrides(h.runs[0].record.get("overrides")))
     by_experiment = defaultdict(list)
     for g in groups:
         by_experiment[g.experiment].append(g)
