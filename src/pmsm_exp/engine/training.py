@@ -133,8 +133,10 @@ class QANNModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         lr = o["lr"] * (self.global_batch_size() / 256 if o.get("scale_lr_by_batch") else 1.0)
-        if o["name"] == "sgd":  # the CNN recipe (paper Table 4, QCFS): decay on every parameter
-            opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=o.get("momentum", 0.9),
+        if o["name"] == "sgd":  # the CNN recipe (paper Table 4, QCFS): decay on every parameter unless decay_all=false
+            params = (self.model.parameters() if o.get("decay_all", True)
+                      else decay_groups(self.model, o.get("weight_decay", 0.0)))
+            opt = torch.optim.SGD(params, lr=lr, momentum=o.get("momentum", 0.9),
                                   weight_decay=o.get("weight_decay", 0.0), nesterov=bool(o.get("nesterov", False)))
         else:
             opt = torch.optim.AdamW(decay_groups(self.model, o.get("weight_decay", 0.0)), lr=lr,
@@ -147,7 +149,8 @@ class QANNModule(L.LightningModule):
         self.schedule = {"optimizer": o["name"], "peak_lr": lr, "schedule": schedule, "warmup_steps": warmup,
                          "total_steps": total, "momentum": o.get("momentum", 0.9) if o["name"] == "sgd" else None,
                          "nesterov": bool(o.get("nesterov", False)) if o["name"] == "sgd" else None,
-                         "weight_decay": o.get("weight_decay", 0.0)}
+                         "weight_decay": o.get("weight_decay", 0.0),
+                         "decay_all": bool(o.get("decay_all", True)) if o["name"] == "sgd" else False}
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def global_batch_size(self) -> int:

@@ -126,6 +126,9 @@ def check_optim(cfg) -> None:
         fail("optim.nesterov", nesterov, "must be true or false")
     if nesterov and not (OmegaConf.select(cfg, "optim.momentum", default=0.9) or 0) > 0:
         fail("optim.nesterov", nesterov, "Nesterov momentum needs optim.momentum > 0")
+    decay_all = OmegaConf.select(cfg, "optim.decay_all", default=True)
+    if not isinstance(decay_all, bool):
+        fail("optim.decay_all", decay_all, "must be true or false")
     number(cfg, "optim.warmup_epochs", 0, optional=True)
     number(cfg, "optim.label_smoothing", 0, 1, hi_open=True, optional=True)
     number(cfg, "optim.ema_decay", 0, 1, lo_open=True, hi_open=True, optional=True)
