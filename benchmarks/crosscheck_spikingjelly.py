@@ -9,8 +9,12 @@ step, v(0) = λ/2, soft reset) simulated by pmsm_exp.snn.simulate. Theirs: every
 by spikingjelly's ann2snn recipe, VoltageScaler(1/λ) → IFNode(v_threshold=1, v_reset=None: soft
 reset) → VoltageScaler(λ), with the membrane set to 1/2 after each reset (QCFS's initial potential),
 stepped one timestep at a time (step_mode 's') and read out as the mean of the output layer over steps
-1..T. Printed per T: both accuracies on the first N CIFAR-10 test images, and the fraction of images
-on which the two predict the same class. Writes OUT/crosscheck.json and OUT/crosscheck.md.
+1..T. A third SNN, spikingjelly's IFNode at threshold λ itself (no input scaler), separates the
+rescaling's rounding (v/λ >= 1 against v >= λ in float32) from any difference in the neuron.
+Printed per T: the accuracies on the first N CIFAR-10 test images, and the fraction of images on which
+ours and each spikingjelly SNN predict the same class. Writes OUT/crosscheck.json (with provenance:
+commit, versions, machine, time) and OUT/crosscheck.md; sweeps/paper.sh runs it on the campaign's
+ResNet-20 QCFS weights and publishes it (results/crosscheck_spikingjelly.md).
 """
 from __future__ import annotations
 
@@ -25,12 +29,15 @@ from torch import nn
 from pmsm_exp.data import CIFAR10DataModule, default_data_dir
 from pmsm_exp.jobs.builders import build_model
 from pmsm_exp.quant import PQA
+from pmsm_exp.runs import provenance
 from pmsm_exp.runs.checkpoints import load_checkpoint
+from pmsm_exp.runs.crosscheck import SCALED, UNSCALED, markdown
 from pmsm_exp.snn import convert_to_snn, simulate
 
 
-def spikingjelly_snn(qann: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
-    """A copy of `qann` whose quantizers are spikingjelly IF neurons between voltage scalers."""
+def spikingjelly_snn(qann: nn.Module, scaled: bool = True) -> tuple[nn.Module, list[nn.Module]]:
+    """A copy of `qann` whose quantizers are spikingjelly IF neurons: between voltage scalers with
+    threshold 1 (ann2snn's recipe, `scaled`), or with threshold λ and only the output scaler."""
     import copy
 
     from spikingjelly.activation_based import neuron
@@ -46,9 +53,11 @@ def spikingjelly_snn(qann: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
                     raise SystemExit(f"error: {name}: alpha={float(child.alpha)}; the IF cross-check is for QCFS "
                                      f"(alpha=0) checkpoints")
                 lam = float(child.threshold.detach())
-                node = neuron.IFNode(v_threshold=1.0, v_reset=None)
+                node = neuron.IFNode(v_threshold=1.0 if scaled else lam, v_reset=None)
                 nodes.append(node)
-                setattr(parent, name, nn.Sequential(VoltageScaler(1.0 / lam), node, VoltageScaler(lam)))
+                # a spike is 1 in spikingjelly: the last scaler turns it into λ either way
+                setattr(parent, name, nn.Sequential(VoltageScaler(1.0 / lam), node, VoltageScaler(lam)) if scaled
+                        else nn.Sequential(node, VoltageScaler(lam)))
             else:
                 replace(child)
     replace(snn)
@@ -61,7 +70,7 @@ def theirs(snn: nn.Module, nodes: list[nn.Module], x: torch.Tensor, timesteps: i
     from spikingjelly.activation_based import functional
     functional.reset_net(snn)
     for node in nodes:
-        node.v = 0.5                  # QCFS's initial membrane potential (in units of the threshold)
+        node.v = 0.5 * node.v_threshold   # QCFS's initial membrane potential: half the threshold
     total, preds = None, []
     for t in range(1, timesteps + 1):
         out = snn(x)
@@ -77,6 +86,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--timesteps", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64])
     ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--label", default=None, help="how the record names the checkpoint (default: its file name)")
     a = ap.parse_args(argv)
     config, state, _ = load_checkpoint(a.ckpt)
     if config["pqa"].get("method") != "qcfs":
@@ -85,31 +95,36 @@ def main(argv=None) -> dict:
     qann.load_state_dict(state)
     qann.eval()
     ours_snn = convert_to_snn(qann, neuron="if")
-    their_snn, nodes = spikingjelly_snn(qann)
-    dm = CIFAR10DataModule(data_dir=str(default_data_dir()), batch_size=a.batch, num_workers=0, test_subset=a.images)
+    sj = {SCALED: spikingjelly_snn(qann, scaled=True), UNSCALED: spikingjelly_snn(qann, scaled=False)}
+    # the images the checkpoint was tested on (its run's data folder), else this machine's default
+    data_dir = (config.get("data") or {}).get("data_dir") or str(default_data_dir())
+    dm = CIFAR10DataModule(data_dir=data_dir, batch_size=a.batch, num_workers=0, test_subset=a.images)
     dm.setup("test")
     steps = max(a.timesteps)
-    correct = {"ours": torch.zeros(steps), "spikingjelly": torch.zeros(steps)}
-    same, qann_correct, n = torch.zeros(steps), 0, 0
+    correct = {"ours": torch.zeros(steps), **{k: torch.zeros(steps) for k in sj}}
+    same = {k: torch.zeros(steps) for k in sj}
+    qann_correct, n = 0, 0
     for x, y in dm.test_dataloader():
         mine = simulate(ours_snn, x, steps, record=False).outputs.argmax(-1)     # [T, N]
-        other = theirs(their_snn, nodes, x, steps)
         correct["ours"] += (mine == y).sum(1).double()
-        correct["spikingjelly"] += (other == y).sum(1).double()
-        same += (mine == other).sum(1).double()
+        for key, (snn, nodes) in sj.items():
+            other = theirs(snn, nodes, x, steps)
+            correct[key] += (other == y).sum(1).double()
+            same[key] += (mine == other).sum(1).double()
         qann_correct += int((qann(x).argmax(-1) == y).sum())
         n += len(y)
-    rows = [{"T": t, "ours": float(correct["ours"][t - 1] / n), "spikingjelly": float(correct["spikingjelly"][t - 1] / n),
-             "same_prediction": float(same[t - 1] / n)} for t in a.timesteps]
-    lines = [f"QCFS checkpoint {a.ckpt.name}: QANN {100 * qann_correct / n:.2f}% on the first {n} CIFAR-10 test images",
-             "", "| T | ours (pmsm_exp IF) | spikingjelly IFNode | same prediction |", "|---|---|---|---|"]
-    lines += [f"| {r['T']} | {100 * r['ours']:.2f} | {100 * r['spikingjelly']:.2f} | {100 * r['same_prediction']:.2f}% |"
-              for r in rows]
-    print("\n".join(lines))
-    result = {"checkpoint": a.ckpt.name, "images": n, "qann_acc": qann_correct / n, "rows": rows}
+    rows = [{"T": t, **{k: float(v[t - 1] / n) for k, v in correct.items()},
+             **{f"same_prediction_{k}": float(v[t - 1] / n) for k, v in same.items()}} for t in a.timesteps]
+    label = a.label or a.ckpt.name
+    result = {"checkpoint": label, "images": n, "qann_acc": qann_correct / n, "rows": rows,
+              "provenance": provenance.collect(
+                  "benchmarks/crosscheck_spikingjelly",
+                  [label, "--images", str(a.images), "--timesteps", *map(str, a.timesteps)], None)}
+    text = markdown(result)
+    print(text)
     os.makedirs(a.out, exist_ok=True)
-    Path(a.out, "crosscheck.json").write_text(json.dumps(result, indent=2))
-    Path(a.out, "crosscheck.md").write_text("\n".join(lines) + "\n")
+    Path(a.out, "crosscheck.json").write_text(json.dumps(result, indent=2, allow_nan=False))
+    Path(a.out, "crosscheck.md").write_text(text)
     return result
 
 

@@ -9,8 +9,8 @@
 #          fit (conf/budget/cpu.yaml); smoke: every step on tiny data, minutes in all (tests the pipeline).
 # LOGS     the run folders (default logs/paper-$BUDGET); OUT: tables, figures, CLAIMS.md (default results/),
 #          with the records under OUT/runs/paper-$BUDGET/ and small checkpoints under OUT/checkpoints/.
-# STEPS    which steps to run (default: all, in this order): table1_resnet20 fig3 table2_vit table1_vgg16
-#          entropy_guided qcfs_own_levels stand_in_data publish. Fig. 2/5 (closed form), Fig. 4, Fig. 6 and
+# STEPS    which steps to run (default: all, in this order): table1_resnet20 crosscheck fig3 table2_vit
+#          table1_vgg16 entropy_guided qcfs_own_levels stand_in_data publish. Fig. 2/5 (closed form), Fig. 4, Fig. 6 and
 #          Table 3 come from these runs' records (no run of their own), in the publish step.
 # VIT_ARGS overrides for the ViT jobs only, e.g. VIT_ARGS="model.pretrained=true" at BUDGET=paper.
 #
@@ -24,19 +24,19 @@ cd "$(dirname "$0")/.."
 BUDGET=${BUDGET:-cpu}
 LOGS=${LOGS:-logs/paper-$BUDGET}
 OUT=${OUT:-results}
-STEPS=${STEPS:-table1_resnet20 fig3 table2_vit table1_vgg16 entropy_guided qcfs_own_levels stand_in_data publish}
+STEPS=${STEPS:-table1_resnet20 crosscheck fig3 table2_vit table1_vgg16 entropy_guided qcfs_own_levels stand_in_data publish}
 case $BUDGET in
-  smoke) PMSM_T=4; QCFS_T=8;  VGG_QCFS_T=8;  FIG6_T=8;  VIT_T=4;  STBIF_T=8;  STBIF_IMAGES=64
+  smoke) PMSM_T=4; QCFS_T=8;  VGG_QCFS_T=8;  FIG6_T=8;  VIT_T=4;  STBIF_T=8;  STBIF_IMAGES=64;   XCHECK_IMAGES=64
          ALPHAS=-0.25,-0.5; BETAS=0.5,1.0 ;;
-  cpu)   PMSM_T=8; QCFS_T=64; VGG_QCFS_T=32; FIG6_T=32; VIT_T=16; STBIF_T=64; STBIF_IMAGES=1000
+  cpu)   PMSM_T=8; QCFS_T=64; VGG_QCFS_T=32; FIG6_T=32; VIT_T=16; STBIF_T=64; STBIF_IMAGES=1000; XCHECK_IMAGES=2000
          ALPHAS=-0.125,-0.25,-0.375,-0.5,-0.75,-1.0; BETAS=0.125,0.25,0.5,0.625,0.75,1.0 ;;
-  paper) PMSM_T=8; QCFS_T=64; VGG_QCFS_T=64; FIG6_T=32; VIT_T=16; STBIF_T=64; STBIF_IMAGES=null
+  paper) PMSM_T=8; QCFS_T=64; VGG_QCFS_T=64; FIG6_T=32; VIT_T=16; STBIF_T=64; STBIF_IMAGES=null; XCHECK_IMAGES=10000
          ALPHAS=-0.125,-0.25,-0.375,-0.5,-0.625,-0.75,-0.875,-1.0; BETAS=0.125,0.25,0.375,0.5,0.625,0.75,0.875,1.0 ;;
   *) echo "error: BUDGET: got '$BUDGET'; allowed: smoke, cpu, paper" >&2; exit 2 ;;
 esac
 for step in $STEPS; do
-  case $step in table1_resnet20|fig3|table2_vit|table1_vgg16|entropy_guided|qcfs_own_levels|stand_in_data|publish) ;;
-    *) echo "error: STEPS: got '$step'; allowed: table1_resnet20 fig3 table2_vit table1_vgg16 entropy_guided" \
+  case $step in table1_resnet20|crosscheck|fig3|table2_vit|table1_vgg16|entropy_guided|qcfs_own_levels|stand_in_data|publish) ;;
+    *) echo "error: STEPS: got '$step'; allowed: table1_resnet20 crosscheck fig3 table2_vit table1_vgg16 entropy_guided" \
             "qcfs_own_levels stand_in_data publish" >&2; exit 2 ;;
   esac
 done
@@ -79,6 +79,23 @@ if wants table1_resnet20; then   # Table 1 (ResNet-20); its records also give Fi
     analysis=full "${CNN[@]}" "${COMMON[@]}" "$@"
   run table1_resnet20_qcfs python train.py -m experiment=table1_resnet20_cifar10 pqa=qcfs snn.timesteps=$QCFS_T \
     analysis=full "${CNN[@]}" "${COMMON[@]}" "$@"
+fi
+# crosscheck: our IF conversion beside spikingjelly's (an implementation nobody here wrote) on the
+# Table 1 ResNet-20 QCFS weights, once; skipped where spikingjelly is not installed (the [bench] extra)
+crosscheck_once() {
+  local run
+  if [ -f "$LOGS/crosscheck/crosscheck.json" ]; then echo "crosscheck: done already, skipped"; return 0; fi
+  if ! python -c "import spikingjelly" 2>/dev/null; then
+    echo "crosscheck: spikingjelly is not installed (pip install -e '.[bench]'); skipped"; return 0
+  fi
+  run=$(python -m pmsm_exp.runs.report latest --logs "$LOGS" --experiment table1_resnet20_cifar10 --method qcfs \
+        --task train) || return 1
+  python benchmarks/crosscheck_spikingjelly.py "$run/checkpoints/last.ckpt" --images "$XCHECK_IMAGES" \
+    --timesteps $(seq -s ' ' 0 6 | awk -v T="$QCFS_T" '{for (i = 1; i <= NF; i++) if (2 ^ $i <= T) printf "%d ", 2 ^ $i}') \
+    --label "table1_resnet20_cifar10 qcfs, $(basename "$run")" --out "$LOGS/crosscheck"
+}
+if wants crosscheck; then
+  run crosscheck crosscheck_once
 fi
 if wants fig3; then              # Fig. 3(a) alpha at beta=1, Fig. 3(b) beta at alpha=-0.25: ResNet-20, 2 seeds
   # (the command line's grid replaces the experiment's own sweeper grid for the same key)
@@ -124,6 +141,7 @@ if wants publish; then           # records (no machine paths) and small checkpoi
   run publish python -m pmsm_exp.runs.publish --logs "$LOGS" --out "$OUT" --under "paper-$BUDGET" --max-checkpoint-mb 4 \
     --checkpoints table1_resnet20_cifar10 table1_vgg16_cifar10 vit_tiny_cifar10 entropy_guided qcfs_own_levels
   cp "$LOGS/steps.tsv" "$OUT/runs/paper-$BUDGET/steps.tsv" 2>/dev/null
+  cp "$LOGS/crosscheck/crosscheck.json" "$OUT/runs/paper-$BUDGET/crosscheck.json" 2>/dev/null
   run build python -m pmsm_exp.runs.campaign --runs "$OUT/runs/paper-$BUDGET" --out "$OUT" --budget "$BUDGET"
 fi
 if [ ${#failed[@]} -gt 0 ]; then

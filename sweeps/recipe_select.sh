@@ -1,28 +1,43 @@
 #!/usr/bin/env bash
 # Choosing the short-budget recipe on a validation split (never the test set): ResNet-20 PMSM,
-# 45,000 training images, 5,000 held out (data.val_fraction=0.1, seeded), EPOCHS epochs each, one
-# lever changed per run from the first CPU campaign's recipe (conf/experiment/recipe_select.yaml).
+# 45,000 training images, 5,000 held out (data.val_fraction=0.1, seeded), EPOCHS epochs each
+# (conf/experiment/recipe_select.yaml). Each round changes one lever at a time from a base: round 1
+# from the first CPU campaign's recipe, round 2 from round 1's winner, round 3 from round 2's.
 # Relaunching resumes: finished jobs are skipped, killed ones continue from their checkpoint.
-#   LOGS=logs/recipe EPOCHS=6 sweeps/recipe_select.sh [extra overrides for every job]
+#   ROUND=3 LOGS=logs/recipe EPOCHS=6 sweeps/recipe_select.sh [extra overrides for every job]
+# Two at a time on 2 cores: OMP_NUM_THREADS=1, and split LEVERS between two launches (JOBS=0,2 / 1,3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOGS=${LOGS:-logs/recipe}
 EPOCHS=${EPOCHS:-6}
-LEVERS=(
-  ""                                        # the first campaign's recipe
-  "pqa.threshold=2"                         # lambda0 = 2: theta = 1/4 on unit-scale BatchNorm outputs
-  "pqa.threshold=4"
-  "optim.label_smoothing=0.1"
-  "optim.nesterov=true optim.lr=0.2"
-  "optim.ema_decay=0.998"                   # evaluate an exponential moving average of the weights
-  "data.batch_size=256 optim.lr=0.2"
-  "pqa.threshold=2 optim.nesterov=true optim.lr=0.2"   # the two levers that helped, together
-)
+ROUND=${ROUND:-3}
+case $ROUND in
+  1) BASE=""
+     LEVERS=(
+       ""                                        # the first campaign's recipe
+       "pqa.threshold=2"                         # lambda0 = 2: theta = 1/4 on unit-scale BatchNorm outputs
+       "pqa.threshold=4"
+       "optim.label_smoothing=0.1"
+       "optim.nesterov=true optim.lr=0.2"
+       "optim.ema_decay=0.998"                   # evaluate an exponential moving average of the weights
+       "data.batch_size=256 optim.lr=0.2"
+       "pqa.threshold=2 optim.nesterov=true optim.lr=0.2") ;;   # the two levers that helped, together
+  2) BASE="pqa.threshold=2 optim.nesterov=True optim.lr=0.2"
+     LEVERS=("data.batch_size=64" "data.batch_size=64 optim.lr=0.1" "pqa.threshold=1" "trainer.precision=32-true") ;;
+  3) BASE="pqa.threshold=2 optim.nesterov=True optim.lr=0.2"
+     LEVERS=(
+       "data.batch_size=32"                      # twice the steps per epoch again
+       "data.batch_size=32 optim.lr=0.1"         # ... at round 2's lr / batch ratio
+       "data.batch_size=64 optim.decay_all=false"   # no weight decay on biases, BatchNorm, thresholds
+       "data.batch_size=64 optim.label_smoothing=0.1") ;;
+  *) echo "error: ROUND: got '$ROUND'; allowed: 1, 2, 3" >&2; exit 2 ;;
+esac
+JOBS=${JOBS:-$(seq -s, 0 $(( ${#LEVERS[@]} - 1 )))}
 status=0
-for lever in "${LEVERS[@]}"; do
+for i in ${JOBS//,/ }; do
   # shellcheck disable=SC2086
-  python train.py -m experiment=recipe_select seed=42 epochs="$EPOCHS" $lever paths.log_dir="$LOGS" "$@" || status=1
+  python train.py -m experiment=recipe_select seed=42 epochs="$EPOCHS" $BASE ${LEVERS[$i]} paths.log_dir="$LOGS" "$@" \
+    || status=1
 done
-python -m pmsm_exp.runs.report ablation --logs "$LOGS" --experiment recipe_select --param alpha --timesteps 1 \
-  --name recipe_select --out "$LOGS/report" || status=1
+python -m pmsm_exp.runs.report selection --logs "$LOGS" --experiment recipe_select || status=1
 exit $status

@@ -14,7 +14,7 @@ from pmsm_exp.runs import campaign
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ["table1_cifar10.md", "table1_cifar100.md", "table2_vit.md", "table3_energy.md", "fig2_entropy.png",
          "fig3a_alpha.png", "fig3b_beta.png", "fig4_layer_spikes.png", "fig5_regimes.png",
-         "fig6_conversion_error.png", "CLAIMS.md", "campaign.md"]
+         "fig6_conversion_error.png", "CLAIMS.md", "campaign.md", "crosscheck_spikingjelly.md"]
 
 
 def record(experiment, method, model="resnet20", *, qann=0.8, t1=None, accs=None, agreement=None, seed=42,
@@ -164,7 +164,8 @@ def test_smoke_campaign_piece_trains_converts_and_publishes(tmp_path):
     publish step: records and checkpoints under OUT, every file built, T=1 exact, a relaunch skips the jobs."""
     env = _env(tmp_path)
     cmd = ["bash", str(ROOT / "sweeps" / "paper.sh")]
-    env.update(BUDGET="smoke", LOGS=str(tmp_path / "logs"), OUT=str(tmp_path / "out"), STEPS="table1_resnet20 publish")
+    env.update(BUDGET="smoke", LOGS=str(tmp_path / "logs"), OUT=str(tmp_path / "out"),
+               STEPS="table1_resnet20 crosscheck publish")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "out"
@@ -177,7 +178,17 @@ def test_smoke_campaign_piece_trains_converts_and_publishes(tmp_path):
     for name in FILES:
         assert (out / name).is_file(), name
     steps = (tmp_path / "logs" / "steps.tsv").read_text().splitlines()
-    assert [s.split("\t")[0] for s in steps] == ["table1_resnet20_pmsm", "table1_resnet20_qcfs", "publish", "build"]
+    assert [s.split("\t")[0] for s in steps] == ["table1_resnet20_pmsm", "table1_resnet20_qcfs", "crosscheck", "publish",
+                                                 "build"]
+    cross = (out / "crosscheck_spikingjelly.md").read_text()
+    try:
+        import spikingjelly  # noqa: F401  (the [bench] extra; CI installs [test] only)
+        record = json.loads((out / "runs" / "paper-smoke" / "crosscheck.json").read_text())
+        assert [r["T"] for r in record["rows"]] == [1, 2, 4, 8] and record["images"] == 64
+        assert record["rows"][0]["ours"] == record["rows"][0]["spikingjelly"] and "| 8 |" in cross
+        assert str(tmp_path) not in json.dumps(record) and record["provenance"]["git_commit"]
+    except ImportError:
+        assert "Not run yet" in cross
     # relaunched where LOGS is gone (a new machine): the published records are restored, nothing retrains
     start = time.time()
     again = subprocess.run(cmd, env={**env, "STEPS": "table1_resnet20", "LOGS": str(tmp_path / "new")},
@@ -187,6 +198,25 @@ def test_smoke_campaign_piece_trains_converts_and_publishes(tmp_path):
     assert (again.stdout + again.stderr).count("already finished") == 2
     restored = list((tmp_path / "new").rglob("metrics.json"))
     assert len(restored) == 2 and all(len(list(p.parent.glob("checkpoints/last.ckpt"))) == 1 for p in restored)
+
+
+def _crosscheck(rows):
+    return {"checkpoint": "c.ckpt", "images": 500, "qann_acc": 0.8,
+            "rows": [{"T": t, "ours": o, "spikingjelly": s, "same_prediction_spikingjelly": ss,
+                      "spikingjelly_threshold_lambda": u, "same_prediction_spikingjelly_threshold_lambda": us}
+                     for t, o, s, ss, u, us in rows]}
+
+
+def test_crosscheck_names_where_they_differ_and_blames_the_rescaling_only_when_the_unscaled_neuron_agrees():
+    from pmsm_exp.runs.crosscheck import markdown
+    same = markdown(_crosscheck([(1, 0.5, 0.5, 1.0, 0.5, 1.0), (4, 0.7, 0.7, 1.0, 0.7, 1.0)]))
+    assert "same accuracy at every T" in same and "| 4 | 70.00 | 70.00 | 100.00% | 70.00 | 100.00% |" in same
+    rescaled = markdown(_crosscheck([(1, 0.5, 0.5, 1.0, 0.5, 1.0), (4, 0.71, 0.708, 0.998, 0.71, 1.0),
+                                     (16, 0.846, 0.842, 0.996, 0.846, 1.0)]))
+    assert "differ in accuracy at T=4, 16 (at most 0.40 points)" in rescaled and "99.60%" in rescaled
+    assert "come from the rescaling" in rescaled
+    neuron = markdown(_crosscheck([(1, 0.5, 0.5, 1.0, 0.4, 0.9), (4, 0.71, 0.708, 0.998, 0.71, 1.0)]))
+    assert "come from the rescaling" not in neuron and "disagree" in neuron and "90.00%" in neuron
 
 
 def test_paper_sh_refuses_a_bad_budget_before_any_work(tmp_path):

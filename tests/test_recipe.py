@@ -27,8 +27,8 @@ def test_weight_averaged_model_is_the_one_evaluated_and_converted_exactly(tmp_pa
 @pytest.mark.parametrize("experiment", ["table1_resnet20_cifar10", "table1_vgg16_cifar10"])
 def test_fast_recipe_composes_over_the_experiment(experiment):
     cfg = compose_train(f"experiment={experiment}", "recipe=fast")
-    assert cfg.epochs == 18 and cfg.pqa.threshold == 2.0 and cfg.optim.nesterov is True and cfg.optim.lr == 0.2
-    assert cfg.data.autoaugment is False and cfg.data.cutout == 0 and cfg.data.batch_size == 64
+    assert cfg.epochs == 18 and cfg.pqa.threshold == 2.0 and cfg.optim.nesterov is True and cfg.optim.lr == 0.1
+    assert cfg.data.autoaugment is False and cfg.data.cutout == 0 and cfg.data.batch_size == 32
     assert cfg.experiment_name == experiment and cfg.trainer.precision == "bf16-mixed"
 
 
@@ -41,3 +41,31 @@ def test_fast_recipe_trains_a_step_and_converts_exactly(tmp_path, monkeypatch):
     assert metrics["training"]["steps"] == 1 and metrics["training"]["lr_schedule"]["nesterov"] is True
     assert metrics["config"]["pqa"]["threshold"] == 2.0 and metrics["snn"]["agreement"][0] == 1.0
     assert_every_layer_fired(metrics)
+
+
+@pytest.mark.parametrize("decay_all", [True, False])
+def test_decay_all_false_leaves_thresholds_and_norms_undecayed(decay_all):
+    """One SGD step with zero gradients moves a parameter only by weight decay: p <- p (1 - lr wd).
+    optim.decay_all=false must exempt λ, BatchNorm and biases and still decay conv/linear weights."""
+    from types import SimpleNamespace
+    from torch import nn
+    from pmsm_exp.engine.training import QANNModule
+    from pmsm_exp.quant.pqa import PQA
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), PQA(8, -0.25, 1.0, 2.0), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))
+    lr, wd = 0.5, 0.1
+    module = QANNModule(model, 2, {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": wd,
+                                   "decay_all": decay_all, "scheduler": "none"})
+    module._trainer = SimpleNamespace(estimated_stepping_batches=1, max_epochs=1, datamodule=None, world_size=1,
+                                      accumulate_grad_batches=1)
+    opt = module.configure_optimizers()["optimizer"]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for name, p in model.named_parameters():
+        decayed = decay_all or (p.ndim > 1)  # conv and linear weights only
+        expected = before[name] * (1 - lr * wd) if decayed else before[name]
+        assert torch.allclose(p.detach(), expected), name
+    assert any("threshold" in name for name in before)  # λ took part

@@ -16,6 +16,8 @@ entropy analysis; writes into --out:
     fig4_layer_spikes.png     Fig. 4: spikes per image per layer at T=1, PMSM beside QCFS
     fig5_regimes.png          Fig. 5: the entropy ratio in the three lambda/L regimes, closed form
     fig6_conversion_error.png Fig. 6: conversion error per layer over T (PMSM beside QCFS)
+    crosscheck_spikingjelly.md our IF conversion of the Table 1 ResNet-20 QCFS weights beside spikingjelly's
+                              (runs/crosscheck.json, written by benchmarks/crosscheck_spikingjelly.py)
     CLAIMS.md                 one row per claim of the paper: verdict, our figure beside the paper's, the file
     campaign.md               the steps' wall times (steps.tsv, written by sweeps/paper.sh) and the scale
     summary.md                README's Results summary: time to accuracy, the claims ledger, Table 1;
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pmsm_exp.analysis import entropy
-from pmsm_exp.runs import report
+from pmsm_exp.runs import crosscheck, report
 
 TIMESTEPS = [1, 2, 4, 8, 16, 32, 64]
 TABLE1 = ["table1_resnet20_cifar10", "table1_vgg16_cifar10", "qcfs_own_levels", "entropy_guided"]
@@ -486,6 +488,18 @@ def claims_markdown(rows: list[Claim], budget: str) -> str:
     return "\n".join(head) + "\n"
 
 
+def crosscheck_markdown(runs: Path) -> str:
+    head = "# Our IF conversion against spikingjelly's (QCFS weights of Table 1's ResNet-20)\n\n"
+    record = runs / "crosscheck.json"
+    if not record.is_file():
+        return head + "Not run yet (sweeps/paper.sh's crosscheck step; it needs spikingjelly: the [bench] extra).\n"
+    import json
+    result = json.loads(record.read_text())
+    p = result.get("provenance") or {}
+    return (head + crosscheck.markdown(result) + f"\nFrom `{record.name}` (code {str(p.get('git_commit'))[:8]}, "
+            f"spikingjelly's IFNode stepped one timestep at a time, read out as the mean output over steps 1..T).\n")
+
+
 def steps_markdown(runs: Path, budget: str) -> str:
     lines = [f"# Campaign BUDGET={budget}: steps", "",
              "Wall time of each step of sweeps/paper.sh as it ran (a relaunch adds rows; a step that found its "
@@ -533,7 +547,8 @@ def summary_markdown(records: Records, ledger: list[Claim], out: Path, budget: s
         "The rest: [Table 2](results/table2_vit.md), [Table 3](results/table3_energy.md), "
         "[Fig. 2](results/fig2_entropy.png), [Fig. 3(a)](results/fig3a_alpha.png), [Fig. 3(b)](results/fig3b_beta.png), "
         "[Fig. 4](results/fig4_layer_spikes.png), [Fig. 5](results/fig5_regimes.png), "
-        "[Fig. 6](results/fig6_conversion_error.png), [wall time per step](results/campaign.md)."]) + "\n"
+        "[Fig. 6](results/fig6_conversion_error.png), [our IF conversion against spikingjelly's]"
+        "(results/crosscheck_spikingjelly.md), [wall time per step](results/campaign.md)."]) + "\n"
 
 
 def splice(readme: Path, text: str, name: str = "campaign:summary") -> None:
@@ -560,6 +575,7 @@ def build(runs: Path, out: Path, budget: str) -> list[Claim]:
     conversion_error_figure(records, out)
     ledger = claims(records, grid, points)
     (out / "CLAIMS.md").write_text(claims_markdown(ledger, budget))
+    (out / "crosscheck_spikingjelly.md").write_text(crosscheck_markdown(runs))
     (out / "campaign.md").write_text(steps_markdown(runs, budget))
     (out / "summary.md").write_text(summary_markdown(records, ledger, out, budget))
     if budget == "smoke":

@@ -147,10 +147,10 @@ def restore(out: Path, under: str, logs: Path) -> list[Path]:
             (folder / "checkpoints").mkdir(exist_ok=True)
             shutil.copyfile(out / published, folder / "checkpoints" / "last.ckpt")
         written.append(folder / METRICS_FILE)
-    steps = runs / "steps.tsv"
-    if steps.is_file() and not (logs / "steps.tsv").exists():
-        logs.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(steps, logs / "steps.tsv")
+    for name, where in (("steps.tsv", "steps.tsv"), ("crosscheck.json", "crosscheck/crosscheck.json")):
+        if (runs / name).is_file() and not (logs / where).exists():   # the campaign's own files
+            (logs / where).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(runs / name, logs / where)
     return written
 
 
