@@ -69,3 +69,20 @@ def test_decay_all_false_leaves_thresholds_and_norms_undecayed(decay_all):
         expected = before[name] * (1 - lr * wd) if decayed else before[name]
         assert torch.allclose(p.detach(), expected), name
     assert any("threshold" in name for name in before)  # λ took part
+
+
+def test_threshold_floor_holds_every_lambda_up_during_training(tmp_path, monkeypatch):
+    """λ₀=2 and a floor of 3: after one optimizer step every λ is exactly the floor (a plain clamp), and the
+    network still converts exactly; without the floor the thresholds stay near λ₀."""
+    floored = run_script("train", [*TINY, "epochs=1", "trainer.limit_train_batches=1", "pqa.threshold=2",
+                                   "optim.threshold_floor=3"], tmp_path / "a", monkeypatch)
+    free = run_script("train", [*TINY, "epochs=1", "trainer.limit_train_batches=1", "pqa.threshold=2"],
+                      tmp_path / "b", monkeypatch)
+
+    def thresholds(metrics, root):
+        state = torch.load(root / metrics["run"]["checkpoint"], weights_only=True)["state_dict"]
+        return [float(v) for k, v in state.items() if k.endswith("threshold")]
+
+    assert thresholds(floored, tmp_path / "a") and all(v == 3.0 for v in thresholds(floored, tmp_path / "a"))
+    assert all(abs(v - 2.0) < 0.5 for v in thresholds(free, tmp_path / "b"))
+    assert floored["snn"]["agreement"][0] == 1.0 and floored["snn"]["test_acc"][0] == floored["qann"]["test_acc"]

@@ -129,7 +129,7 @@ def test_recipe_selection_table_is_the_report_output(tmp_path):
 # ---------------------------------------------------------------- the paper in miniature (sweeps/paper.sh)
 CAMPAIGN = RUNS / "paper-cpu"
 CAMPAIGN_FILES = ["table1_cifar10.md", "table1_cifar100.md", "table2_vit.md", "table3_energy.md", "CLAIMS.md",
-                  "campaign.md", "summary.md", "fig3a_alpha.md", "fig3b_beta.md"]
+                  "campaign.md", "summary.md", "fig3a_alpha.md", "fig3b_beta.md", "crosscheck_spikingjelly.md"]
 CAMPAIGN_FIGURES = ["fig2_entropy.png", "fig3a_alpha.png", "fig3b_beta.png", "fig4_layer_spikes.png",
                     "fig5_regimes.png", "fig6_conversion_error.png"]
 

@@ -126,6 +126,15 @@ class QANNModule(L.LightningModule):
         self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
 
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # optim.threshold_floor: λ is a step size (θ = λ/L); kept >= the floor after every optimizer step, so
+        # a noisy step cannot carry it through 0 (a network with λ <= 0 has no SNN)
+        floor = self.optim.get("threshold_floor")
+        if floor is not None:
+            with torch.no_grad():
+                for q in pqa_layers(self.model).values():
+                    q.threshold.clamp_(min=float(floor))
+
     def on_train_epoch_end(self):
         for name, q in pqa_layers(self.model).items():
             self.log(f"lambda/{name}", q.threshold.detach(), on_epoch=True)

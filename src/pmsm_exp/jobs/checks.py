@@ -129,6 +129,7 @@ def check_optim(cfg) -> None:
     decay_all = OmegaConf.select(cfg, "optim.decay_all", default=True)
     if not isinstance(decay_all, bool):
         fail("optim.decay_all", decay_all, "must be true or false")
+    number(cfg, "optim.threshold_floor", 0, lo_open=True, optional=True)
     number(cfg, "optim.warmup_epochs", 0, optional=True)
     number(cfg, "optim.label_smoothing", 0, 1, hi_open=True, optional=True)
     number(cfg, "optim.ema_decay", 0, 1, lo_open=True, hi_open=True, optional=True)
