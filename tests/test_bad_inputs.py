@@ -283,6 +283,30 @@ def test_divergence_callback_refuses_a_nonfinite_checkpoint():
         cb.on_save_checkpoint(trainer, None, {"state_dict": {"w": torch.ones(3)}})
 
 
+def test_divergence_callback_stops_at_an_epoch_end_with_a_threshold_at_or_below_zero():
+    from torch import nn
+
+    from pmsm_exp.engine.callbacks import StopOnDivergence
+    from pmsm_exp.errors import DivergedError
+    from pmsm_exp.quant.pqa import PQA
+
+    class Trainer:
+        global_step, current_epoch, optimizers = 40, 2, []
+
+    model = nn.Sequential(nn.Linear(2, 2), PQA(8, -0.25, 1.0, 2.0), nn.Linear(2, 2), PQA(8, -0.25, 1.0, 2.0))
+    cb = StopOnDivergence()
+    cb.on_train_epoch_end(Trainer(), model)               # healthy thresholds: nothing happens
+    with torch.no_grad():
+        model[3].threshold.fill_(-0.5)
+    with pytest.raises(DivergedError, match=r"^training diverged: learned threshold 3.threshold = -0.5 <= 0 at the "
+                                            r"end of epoch 2 \(global step 40\).*optim.threshold_floor"):
+        cb.on_train_epoch_end(Trainer(), model)
+    with torch.no_grad():
+        model[3].threshold.fill_(0.0)
+    with pytest.raises(DivergedError, match="3.threshold = 0 <= 0"):
+        cb.on_train_epoch_end(Trainer(), model)
+
+
 # ---------------------------------------------------------------- true subprocesses
 def run_script(*args, cwd):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}

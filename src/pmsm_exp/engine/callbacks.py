@@ -5,6 +5,7 @@ import lightning as L
 import torch
 
 from pmsm_exp.errors import DivergedError
+from pmsm_exp.quant.pqa import pqa_layers
 
 
 class StopOnDivergence(L.Callback):
@@ -38,6 +39,13 @@ class StopOnDivergence(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # runs before ModelCheckpoint's epoch-end save (Lightning orders checkpoint callbacks last)
         self.on_save_checkpoint(trainer, pl_module, {"state_dict": pl_module.state_dict()})
+        # a learned threshold λ <= 0 leaves no SNN to convert to: stop now, not after the last epoch
+        for name, q in pqa_layers(pl_module).items():
+            lam = float(q.threshold.detach())
+            if not lam > 0:
+                raise DivergedError(f"training diverged: learned threshold {name}.threshold = {lam:.4g} <= 0 at the "
+                                    f"end of epoch {trainer.current_epoch} (global step {trainer.global_step}); no "
+                                    f"SNN exists for it; set optim.threshold_floor (e.g. 0.1) or lower optim.lr")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         self._check_loss(trainer)

@@ -30,7 +30,8 @@ def differences(result: dict) -> str:
     elif not unscaled_same:
         worst = min(r[f"same_prediction_{UNSCALED}"] for r in rows)
         text += (f" spikingjelly's IFNode at threshold λ (no input scaler) differs from ours too (same prediction on "
-                 f"{pct(worst)}% of the images or more): the neuron models themselves disagree somewhere.")
+                 f"{pct(worst)}% of the images or more), so the rescaling is not the only source: the two neurons' "
+                 f"own arithmetic differs on some images (not traced further here).")
     return text
 
 
