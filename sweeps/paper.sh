@@ -26,11 +26,11 @@ LOGS=${LOGS:-logs/paper-$BUDGET}
 OUT=${OUT:-results}
 STEPS=${STEPS:-table1_resnet20 crosscheck fig3 table2_vit table1_vgg16 entropy_guided qcfs_own_levels stand_in_data publish}
 case $BUDGET in
-  smoke) PMSM_T=4; QCFS_T=8;  VGG_QCFS_T=8;  FIG6_T=8;  VIT_T=4;  STBIF_T=8;  STBIF_IMAGES=64;   XCHECK_IMAGES=64
+  smoke) PMSM_T=4; QCFS_T=8;  VGG_QCFS_T=8;  FIG6_T=8;  VIT_T=4;  STBIF_T=8;  STBIF_IMAGES=64;   XCHECK_IMAGES=64;    XCHECK_T="1 2 4 8"
          ALPHAS=-0.25,-0.5; BETAS=0.5,1.0 ;;
-  cpu)   PMSM_T=8; QCFS_T=64; VGG_QCFS_T=32; FIG6_T=32; VIT_T=16; STBIF_T=64; STBIF_IMAGES=1000; XCHECK_IMAGES=2000
+  cpu)   PMSM_T=8; QCFS_T=64; VGG_QCFS_T=32; FIG6_T=32; VIT_T=16; STBIF_T=64; STBIF_IMAGES=1000; XCHECK_IMAGES=2000;  XCHECK_T="1 2 4 8 16 32 64"
          ALPHAS=-0.125,-0.25,-0.375,-0.5,-0.75,-1.0; BETAS=0.125,0.25,0.5,0.625,0.75,1.0 ;;
-  paper) PMSM_T=8; QCFS_T=64; VGG_QCFS_T=64; FIG6_T=32; VIT_T=16; STBIF_T=64; STBIF_IMAGES=null; XCHECK_IMAGES=10000
+  paper) PMSM_T=8; QCFS_T=64; VGG_QCFS_T=64; FIG6_T=32; VIT_T=16; STBIF_T=64; STBIF_IMAGES=null; XCHECK_IMAGES=10000; XCHECK_T="1 2 4 8 16 32 64"
          ALPHAS=-0.125,-0.25,-0.375,-0.5,-0.625,-0.75,-0.875,-1.0; BETAS=0.125,0.25,0.375,0.5,0.625,0.75,0.875,1.0 ;;
   *) echo "error: BUDGET: got '$BUDGET'; allowed: smoke, cpu, paper" >&2; exit 2 ;;
 esac
@@ -91,7 +91,7 @@ crosscheck_once() {
   run=$(python -m pmsm_exp.runs.report latest --logs "$LOGS" --experiment table1_resnet20_cifar10 --method qcfs \
         --task train) || return 1
   python benchmarks/crosscheck_spikingjelly.py "$run/checkpoints/last.ckpt" --images "$XCHECK_IMAGES" \
-    --timesteps $(seq -s ' ' 0 6 | awk -v T="$QCFS_T" '{for (i = 1; i <= NF; i++) if (2 ^ $i <= T) printf "%d ", 2 ^ $i}') \
+    --timesteps $XCHECK_T \
     --label "table1_resnet20_cifar10 qcfs, $(basename "$run")" --out "$LOGS/crosscheck"
 }
 if wants crosscheck; then
@@ -140,8 +140,6 @@ fi
 if wants publish; then           # records (no machine paths) and small checkpoints into OUT, then every file
   run publish python -m pmsm_exp.runs.publish --logs "$LOGS" --out "$OUT" --under "paper-$BUDGET" --max-checkpoint-mb 4 \
     --checkpoints table1_resnet20_cifar10 table1_vgg16_cifar10 vit_tiny_cifar10 entropy_guided qcfs_own_levels
-  cp "$LOGS/steps.tsv" "$OUT/runs/paper-$BUDGET/steps.tsv" 2>/dev/null
-  cp "$LOGS/crosscheck/crosscheck.json" "$OUT/runs/paper-$BUDGET/crosscheck.json" 2>/dev/null
   run build python -m pmsm_exp.runs.campaign --runs "$OUT/runs/paper-$BUDGET" --out "$OUT" --budget "$BUDGET"
 fi
 if [ ${#failed[@]} -gt 0 ]; then

@@ -55,6 +55,7 @@ class QANNModule(L.LightningModule):
         self.provenance = plain(provenance or {})
         self.schedule: dict = {}   # the learning-rate schedule configure_optimizers built
         self.steps_this_run = 0    # training steps taken by this process (a resumed run: only the remaining ones)
+        self.floored: list[nn.Parameter] = []   # the thresholds optim.threshold_floor holds up (on_train_start)
         self.channels_last = bool(channels_last)
         self.model = switches.to_channels_last(model) if self.channels_last else model
         object.__setattr__(self, "compiled_model", switches.compiled(self.model, compile))  # not registered
@@ -126,14 +127,18 @@ class QANNModule(L.LightningModule):
         self.log("val/loss", F.cross_entropy(logits, y), on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+    def on_train_start(self):
         # optim.threshold_floor: λ is a step size (θ = λ/L); kept >= the floor after every optimizer step, so
         # a noisy step cannot carry it through 0 (a network with λ <= 0 has no SNN)
         floor = self.optim.get("threshold_floor")
-        if floor is not None:
+        self.floored = [q.threshold for q in pqa_layers(self.model).values()] if floor is not None else []
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.floored:
+            floor = float(self.optim["threshold_floor"])
             with torch.no_grad():
-                for q in pqa_layers(self.model).values():
-                    q.threshold.clamp_(min=float(floor))
+                for lam in self.floored:
+                    lam.clamp_(min=floor)
 
     def on_train_epoch_end(self):
         for name, q in pqa_layers(self.model).items():

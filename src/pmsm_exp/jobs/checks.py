@@ -70,6 +70,14 @@ def number(cfg, key: str, lo: float = -math.inf, hi: float = math.inf, lo_open=F
         fail(key, v, f"must be {rule}" + (" or null" if optional else ""))
 
 
+def flag(cfg, key: str, default: bool):
+    """A true/false key (absent: `default`); its value."""
+    value = OmegaConf.select(cfg, key, default=default)
+    if not isinstance(value, bool):
+        fail(key, value, "must be true or false")
+    return value
+
+
 def one_of(cfg, key: str, allowed) -> None:
     v = OmegaConf.select(cfg, key)
     if v not in allowed:
@@ -121,14 +129,10 @@ def check_optim(cfg) -> None:
     number(cfg, "optim.lr", 0, lo_open=True)
     number(cfg, "optim.weight_decay", 0, optional=True)
     number(cfg, "optim.momentum", 0, 1, optional=True)
-    nesterov = OmegaConf.select(cfg, "optim.nesterov", default=False)
-    if not isinstance(nesterov, bool):
-        fail("optim.nesterov", nesterov, "must be true or false")
+    nesterov = flag(cfg, "optim.nesterov", False)
     if nesterov and not (OmegaConf.select(cfg, "optim.momentum", default=0.9) or 0) > 0:
         fail("optim.nesterov", nesterov, "Nesterov momentum needs optim.momentum > 0")
-    decay_all = OmegaConf.select(cfg, "optim.decay_all", default=True)
-    if not isinstance(decay_all, bool):
-        fail("optim.decay_all", decay_all, "must be true or false")
+    flag(cfg, "optim.decay_all", True)
     number(cfg, "optim.threshold_floor", 0, lo_open=True, optional=True)
     number(cfg, "optim.warmup_epochs", 0, optional=True)
     number(cfg, "optim.label_smoothing", 0, 1, hi_open=True, optional=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -493,7 +494,6 @@ def crosscheck_markdown(runs: Path) -> str:
     record = runs / "crosscheck.json"
     if not record.is_file():
         return head + "Not run yet (sweeps/paper.sh's crosscheck step; it needs spikingjelly: the [bench] extra).\n"
-    import json
     result = json.loads(record.read_text())
     p = result.get("provenance") or {}
     return (head + crosscheck.markdown(result) + f"\nFrom `{record.name}` (code {str(p.get('git_commit'))[:8]}, "

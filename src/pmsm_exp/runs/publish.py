@@ -36,6 +36,10 @@ from pmsm_exp.models.weights import read_weights
 from pmsm_exp.runs.provenance import portable
 from pmsm_exp.runs.records import METRICS_FILE, checkpoint_file, read_metrics
 
+# a campaign's own files (sweeps/paper.sh), published under OUT/runs/NAME beside its records:
+# name there -> where it lives in LOGS
+CAMPAIGN_FILES = {"steps.tsv": "steps.tsv", "crosscheck.json": "crosscheck/crosscheck.json"}
+
 SEGMENT = re.compile(r"^(?P<before>.*?)/(?P<rest>(train|convert)/(runs|multiruns)/.*)$")
 
 
@@ -126,6 +130,11 @@ def publish(logs: Path, out: Path, experiments=None, checkpoints: bool | list[st
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(json.dumps(record, indent=2, allow_nan=False))
         written.append(dest)
+    if under:
+        for name, where in CAMPAIGN_FILES.items():
+            if (logs / where).is_file():
+                runs_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(logs / where, runs_dir / name)
     return written
 
 
@@ -147,8 +156,8 @@ def restore(out: Path, under: str, logs: Path) -> list[Path]:
             (folder / "checkpoints").mkdir(exist_ok=True)
             shutil.copyfile(out / published, folder / "checkpoints" / "last.ckpt")
         written.append(folder / METRICS_FILE)
-    for name, where in (("steps.tsv", "steps.tsv"), ("crosscheck.json", "crosscheck/crosscheck.json")):
-        if (runs / name).is_file() and not (logs / where).exists():   # the campaign's own files
+    for name, where in CAMPAIGN_FILES.items():
+        if (runs / name).is_file() and not (logs / where).exists():
             (logs / where).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(runs / name, logs / where)
     return written
