@@ -2,15 +2,16 @@
 # Choosing the short-budget recipe on a validation split (never the test set): ResNet-20 PMSM,
 # 45,000 training images, 5,000 held out (data.val_fraction=0.1, seeded), EPOCHS epochs each
 # (conf/experiment/recipe_select.yaml). Each round changes one lever at a time from a base: round 1
-# from the first CPU campaign's recipe, round 2 from round 1's winner, round 3 from round 2's.
+# from the first CPU campaign's recipe, round 2 from round 1's winner, round 3 from round 2's, round 4
+# from round 3's (with recipe=fast's threshold floor, which never bound in round 3's winner: smallest λ 0.34).
 # Relaunching resumes: finished jobs are skipped, killed ones continue from their checkpoint.
-#   ROUND=3 LOGS=logs/recipe EPOCHS=6 sweeps/recipe_select.sh [extra overrides for every job]
+#   ROUND=4 LOGS=logs/recipe EPOCHS=6 sweeps/recipe_select.sh [extra overrides for every job]
 # Two at a time on 2 cores: OMP_NUM_THREADS=1, and split LEVERS between two launches (JOBS=0,2 / 1,3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOGS=${LOGS:-logs/recipe}
 EPOCHS=${EPOCHS:-6}
-ROUND=${ROUND:-3}
+ROUND=${ROUND:-4}
 case $ROUND in
   1) BASE=""
      LEVERS=(
@@ -30,7 +31,11 @@ case $ROUND in
        "data.batch_size=32 optim.lr=0.1"         # ... at round 2's lr / batch ratio
        "data.batch_size=64 optim.decay_all=false"   # no weight decay on biases, BatchNorm, thresholds
        "data.batch_size=64 optim.label_smoothing=0.1") ;;
-  *) echo "error: ROUND: got '$ROUND'; allowed: 1, 2, 3" >&2; exit 2 ;;
+  4) BASE="pqa.threshold=2 optim.nesterov=True optim.lr=0.1 data.batch_size=32 optim.threshold_floor=0.1"
+     LEVERS=(
+       "optim.quantize_from_epoch=2"             # the first third clips without rounding (full-precision warm-up)
+       "optim.threshold_lr_scale=0.1") ;;        # the thresholds learn 10x slower than the weights
+  *) echo "error: ROUND: got '$ROUND'; allowed: 1, 2, 3, 4" >&2; exit 2 ;;
 esac
 JOBS=${JOBS:-$(seq -s, 0 $(( ${#LEVERS[@]} - 1 )))}
 status=0

@@ -86,3 +86,65 @@ def test_threshold_floor_holds_every_lambda_up_during_training(tmp_path, monkeyp
     assert thresholds(floored, tmp_path / "a") and all(v == 3.0 for v in thresholds(floored, tmp_path / "a"))
     assert all(abs(v - 2.0) < 0.5 for v in thresholds(free, tmp_path / "b"))
     assert floored["snn"]["agreement"][0] == 1.0 and floored["snn"]["test_acc"][0] == floored["qann"]["test_acc"]
+
+
+@pytest.mark.parametrize("decay_all", [True, False])
+def test_threshold_lr_scale_moves_thresholds_that_much_slower(decay_all):
+    """Plain SGD (no momentum, no decay) moves p by -lr·grad: with a gradient of ones every weight moves
+    by lr and every λ by lr·scale, whatever the decay grouping."""
+    from types import SimpleNamespace
+    from torch import nn
+    from pmsm_exp.engine.training import QANNModule
+    from pmsm_exp.quant.pqa import PQA
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), PQA(8, -0.25, 1.0, 2.0), nn.Flatten(),
+                          nn.Linear(64, 2), PQA(8, -0.25, 1.0, 2.0))
+    lr, scale = 0.5, 0.1
+    module = QANNModule(model, 2, {"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0,
+                                   "decay_all": decay_all, "threshold_lr_scale": scale, "scheduler": "none"})
+    module._trainer = SimpleNamespace(estimated_stepping_batches=1, max_epochs=1, datamodule=None, world_size=1,
+                                      accumulate_grad_batches=1)
+    opt = module.configure_optimizers()["optimizer"]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    moved = {name: float((before[name] - p.detach()).abs().max()) for name, p in model.named_parameters()}
+    assert sum("threshold" in n for n in moved) == 2 and len(moved) > 2
+    for name, step in moved.items():
+        assert step == pytest.approx(lr * scale if name.endswith("threshold") else lr), name
+    assert module.schedule["threshold_lr_scale"] == scale
+
+
+def test_quantize_from_epoch_clips_first_then_quantizes_and_converts_exactly(tmp_path, monkeypatch):
+    """optim.quantize_from_epoch=1 of 2: in epoch 0 a PQA layer's outputs are the clip of its inputs to
+    [αλ, βλ] (many distinct values), in epoch 1 they are integer multiples of θ = λ/L within [αL, βL];
+    what is tested and converted quantizes (agreement 1 at T=1)."""
+    import lightning as L
+    from pmsm_exp.engine.training import QANNModule
+    from pmsm_exp.quant.pqa import pqa_layers
+    seen = {}
+    original = QANNModule.training_step
+
+    def spy(self, batch, batch_idx):
+        name, q = next(iter(pqa_layers(self.model).items()))
+        captured = {}
+        handle = q.register_forward_hook(lambda m, i, o: captured.update(z=i[0].detach().float(), y=o.detach().float()))
+        out = original(self, batch, batch_idx)
+        handle.remove()
+        seen.setdefault(self.current_epoch, (captured, float(q.threshold.detach()), q))
+        return out
+
+    monkeypatch.setattr(QANNModule, "training_step", spy)
+    metrics = run_script("train", [*TINY, "epochs=2", "trainer.precision=32-true", "optim.quantize_from_epoch=1"],
+                         tmp_path / "a", monkeypatch)
+    (c0, lam0, q), (c1, lam1, _) = seen[0], seen[1]
+    lo, hi = q.alpha * lam0, q.beta * lam0
+    assert torch.equal(c0["y"], c0["z"].clamp(lo, hi)) and len(torch.unique(c0["y"])) > 2 * q.levels
+    theta = lam1 / q.levels
+    k = c1["y"] / theta
+    assert torch.allclose(k, k.round(), atol=1e-4) and k.min() >= q.min_level - 1e-4 and k.max() <= q.max_level + 1e-4
+    assert len(torch.unique(k.round())) > 2  # more than an all-zero layer
+    assert q.quantize is True
+    assert metrics["snn"]["agreement"][0] == 1.0 and metrics["snn"]["test_acc"][0] == metrics["qann"]["test_acc"]
+    assert metrics["training"]["lr_schedule"]["quantize_from_epoch"] == 1
+    assert_every_layer_fired(metrics)

@@ -37,6 +37,21 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
 
 
+def threshold_groups(groups: list[dict], model: nn.Module, threshold_lr: float) -> list[dict]:
+    """`groups` with the thresholds λ moved into groups of their own at learning rate `threshold_lr`
+    (optim.threshold_lr_scale): λ's gradient sums over every activation of its layer, so it moves
+    far more per step than any weight does."""
+    lams = {id(q.threshold) for q in pqa_layers(model).values()}
+    out = []
+    for g in groups:
+        params = list(g["params"])
+        rest = [p for p in params if id(p) not in lams]
+        own = [p for p in params if id(p) in lams]
+        out += [{**g, "params": rest}] if rest else []
+        out += [{**g, "params": own, "lr": threshold_lr}] if own else []
+    return out
+
+
 class QANNModule(L.LightningModule):
     """Trains a (quantized) ANN with cross-entropy; logs accuracy and every layer's λ.
 
@@ -133,6 +148,17 @@ class QANNModule(L.LightningModule):
         floor = self.optim.get("threshold_floor")
         self.floored = [q.threshold for q in pqa_layers(self.model).values()] if floor is not None else []
 
+    def on_train_epoch_start(self):
+        # optim.quantize_from_epoch: the first epochs clip without rounding (a full-precision warm-up that
+        # trains faster), the rest quantize; set from the epoch number, so a resumed run gets it right
+        quantize = self.current_epoch >= int(self.optim.get("quantize_from_epoch") or 0)
+        for q in pqa_layers(self.model).values():
+            q.quantize = quantize
+
+    def on_train_end(self):
+        for q in pqa_layers(self.model).values():
+            q.quantize = True   # what is tested and converted is the quantized network
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.floored:
             floor = float(self.optim["threshold_floor"])
@@ -148,8 +174,9 @@ class QANNModule(L.LightningModule):
         o = self.optim
         lr = o["lr"] * (self.global_batch_size() / 256 if o.get("scale_lr_by_batch") else 1.0)
         if o["name"] == "sgd":  # the CNN recipe (paper Table 4, QCFS): decay on every parameter unless decay_all=false
-            params = (self.model.parameters() if o.get("decay_all", True)
+            params = ([{"params": list(self.model.parameters())}] if o.get("decay_all", True)
                       else decay_groups(self.model, o.get("weight_decay", 0.0)))
+            params = threshold_groups(params, self.model, lr * float(o.get("threshold_lr_scale") or 1.0))
             opt = torch.optim.SGD(params, lr=lr, momentum=o.get("momentum", 0.9),
                                   weight_decay=o.get("weight_decay", 0.0), nesterov=bool(o.get("nesterov", False)))
         else:
@@ -164,7 +191,9 @@ class QANNModule(L.LightningModule):
                          "total_steps": total, "momentum": o.get("momentum", 0.9) if o["name"] == "sgd" else None,
                          "nesterov": bool(o.get("nesterov", False)) if o["name"] == "sgd" else None,
                          "weight_decay": o.get("weight_decay", 0.0),
-                         "decay_all": bool(o.get("decay_all", True)) if o["name"] == "sgd" else False}
+                         "decay_all": bool(o.get("decay_all", True)) if o["name"] == "sgd" else False,
+                         "threshold_lr_scale": float(o.get("threshold_lr_scale") or 1.0) if o["name"] == "sgd" else 1.0,
+                         "quantize_from_epoch": int(o.get("quantize_from_epoch") or 0)}
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def global_batch_size(self) -> int:

@@ -135,6 +135,12 @@ def check_optim(cfg) -> None:
     flag(cfg, "optim.decay_all", True)
     number(cfg, "optim.threshold_floor", 0, lo_open=True, optional=True)
     number(cfg, "optim.warmup_epochs", 0, optional=True)
+    number(cfg, "optim.threshold_lr_scale", 0, lo_open=True, optional=True)
+    start = OmegaConf.select(cfg, "optim.quantize_from_epoch", default=0)
+    epochs = OmegaConf.select(cfg, "epochs", default=None)
+    if start is not None and not (_int(start) and start >= 0 and (epochs is None or not _int(epochs) or start < epochs)):
+        fail("optim.quantize_from_epoch", start, f"must be an integer >= 0 and below epochs={epochs} (the last "
+                                                 f"epochs must train the quantized network)")
     number(cfg, "optim.label_smoothing", 0, 1, hi_open=True, optional=True)
     number(cfg, "optim.ema_decay", 0, 1, lo_open=True, hi_open=True, optional=True)
     if OmegaConf.select(cfg, "optim.scheduler") is not None:

@@ -55,6 +55,10 @@ class PQA(nn.Module):
     """
 
     kernels = "eager"
+    # False: clip to [αλ, βλ] without rounding, a full-precision warm-up before quantization starts
+    # (optim.quantize_from_epoch); training switches it back on, and a rebuilt or converted network
+    # always quantizes (it is not saved)
+    quantize = True
 
     def __init__(self, levels: int = 8, alpha: float = -0.25, beta: float = 1.0,
                  threshold: float = 8.0, learn_threshold: bool = True):
@@ -80,6 +84,9 @@ class PQA(nn.Module):
         return self.threshold / self.levels
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if not self.quantize:
+            lam = self.threshold.to(z.dtype)
+            return torch.minimum(torch.maximum(z, lam * self.alpha), lam * self.beta)
         return kernels.pqa(z, self.threshold, self.levels, self.min_level, self.max_level, self.kernels)
 
     def extra_repr(self) -> str:
