@@ -343,3 +343,24 @@ def test_compiled_kernels_on_small_tensors_equal_independent_formulas(monkeypatc
     spikes = (n(currents.reshape(8, 6)) / theta).reshape(4, 2, 6)
     assert torch.equal(spikes, reference_aif(currents, theta, lo, hi)[0])
     assert fused.failures == {} and set(fused._compiled) >= {"pqa_forward", "pqa_backward", "aif_steps"}
+
+
+@pytest.mark.parametrize("alpha,beta", [(-0.25, 1.0), (0.0, 1.0), (-0.5, 0.5)])
+def test_unrounded_pqa_is_a_clip_with_its_gradients(alpha, beta):
+    """PQA with quantize=False (the warm-up before quantization starts) against clamp written as
+    max/min, whose autograd gives d/dz = 1 inside, d/dλ = α below and β above."""
+    from pmsm_exp.quant.pqa import PQA
+    torch.manual_seed(0)
+    q = PQA(8, alpha, beta, 1.5)
+    q.quantize = False
+    z = (torch.randn(4, 3, 5, 5) * 2).requires_grad_()
+    g = torch.randn(4, 3, 5, 5)
+    (q(z) * g).sum().backward()
+    lam = torch.tensor(1.5, requires_grad=True)
+    z2 = z.detach().clone().requires_grad_()
+    ref = torch.minimum(torch.maximum(z2, alpha * lam), beta * lam)
+    (ref * g).sum().backward()
+    assert torch.equal(q(z).detach(), ref.detach())
+    assert torch.equal(z.grad, z2.grad)
+    assert torch.allclose(q.threshold.grad, lam.grad, rtol=1e-5, atol=1e-5)
+    assert (z2.grad == 0).any() and (z2.grad == g).any() and lam.grad.abs() > 0   # both regions present

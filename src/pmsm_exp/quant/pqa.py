@@ -85,8 +85,7 @@ class PQA(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if not self.quantize:
-            lam = self.threshold.to(z.dtype)
-            return torch.minimum(torch.maximum(z, lam * self.alpha), lam * self.beta)
+            return kernels.clip(z, self.threshold, self.alpha, self.beta)
         return kernels.pqa(z, self.threshold, self.levels, self.min_level, self.max_level, self.kernels)
 
     def extra_repr(self) -> str:
