@@ -117,7 +117,7 @@ def test_threshold_lr_scale_moves_thresholds_that_much_slower(decay_all):
 
 def test_quantize_from_epoch_clips_first_then_quantizes_and_converts_exactly(tmp_path, monkeypatch):
     """optim.quantize_from_epoch=1 of 2: in epoch 0 a PQA layer's outputs are the clip of its inputs to
-    [αλ, βλ] (many distinct values), in epoch 1 they are integer multiples of θ = λ/L within [αL, βL];
+    [αλ, βλ] (many distinct values) with λ frozen, in epoch 1 they are integer multiples of θ = λ/L within [αL, βL];
     what is tested and converted quantizes (agreement 1 at T=1)."""
     import lightning as L
     from pmsm_exp.engine.training import QANNModule
@@ -140,6 +140,7 @@ def test_quantize_from_epoch_clips_first_then_quantizes_and_converts_exactly(tmp
     (c0, lam0, q), (c1, lam1, _) = seen[0], seen[1]
     lo, hi = q.alpha * lam0, q.beta * lam0
     assert torch.equal(c0["y"], c0["z"].clamp(lo, hi)) and len(torch.unique(c0["y"])) > 2 * q.levels
+    assert lam1 == lam0   # λ is frozen while the warm-up clips (its gradient there only pushes it up)
     theta = lam1 / q.levels
     k = c1["y"] / theta
     assert torch.allclose(k, k.round(), atol=1e-4) and k.min() >= q.min_level - 1e-4 and k.max() <= q.max_level + 1e-4

@@ -271,32 +271,12 @@ def pqa(z: torch.Tensor, threshold: torch.Tensor, levels: int, lo: int, hi: int,
     return _pqa_forward(z, threshold / levels, lo, hi, backend)
 
 
-class ClipFunction(torch.autograd.Function):
-    """clamp(z, αλ, βλ): PQA without rounding (the full-precision warm-up, optim.quantize_from_epoch).
-    d/dz is 1 inside, 0 outside; d/dλ is α below and β above, which is y/λ wherever y is clipped; so
-    only y is saved, and each direction is one select (min/max autograd measured twice as slow)."""
-
-    @staticmethod
-    def forward(ctx, z, threshold, alpha: float, beta: float):
-        lam = float(threshold)
-        ctx.lam, ctx.lo, ctx.hi = lam, alpha * lam, beta * lam
-        y = torch.nn.functional.hardtanh(z, ctx.lo, ctx.hi)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        grad_z = _select(grad, y, ctx.lo, ctx.hi)
-        grad_threshold = None
-        if ctx.needs_input_grad[1]:
-            clipped = torch.sub(grad, grad_z)   # g where y was clipped, else 0
-            grad_threshold = torch.sum(clipped.mul_(y), dtype=torch.float32) / ctx.lam
-        return grad_z, grad_threshold, None, None
-
-
 def clip(z: torch.Tensor, threshold: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    return ClipFunction.apply(z, threshold, alpha, beta)
+    """clamp(z, αλ, βλ): PQA without rounding (the full-precision warm-up, optim.quantize_from_epoch),
+    one select each way. λ gets no gradient here: without rounding, clipping only ever costs, so its
+    gradient pushes λ up without bound (measured: λ from 2 to 45,000 within an epoch)."""
+    lam = float(threshold)
+    return torch.nn.functional.hardtanh(z, alpha * lam, beta * lam)
 
 
 # ---------------------------------------------------------------- the AIF neuron
