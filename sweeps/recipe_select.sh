@@ -34,7 +34,8 @@ case $ROUND in
   4) BASE="pqa.threshold=2 optim.nesterov=True optim.lr=0.1 data.batch_size=32 optim.threshold_floor=0.1"
      LEVERS=(
        "optim.quantize_from_epoch=2"             # the first third clips without rounding (full-precision warm-up)
-       "optim.threshold_lr_scale=0.1") ;;        # the thresholds learn 10x slower than the weights
+       "optim.threshold_lr_scale=0.1"            # the thresholds learn 10x slower than the weights
+       "data.batch_size=16 optim.lr=0.05") ;;    # twice the steps again, lr / batch held
   *) echo "error: ROUND: got '$ROUND'; allowed: 1, 2, 3, 4" >&2; exit 2 ;;
 esac
 JOBS=${JOBS:-$(seq -s, 0 $(( ${#LEVERS[@]} - 1 )))}
