@@ -44,7 +44,9 @@ from pmsm_exp.engine.training import QANNModule, lr_factor  # noqa: E402
 from pmsm_exp.models import create_model  # noqa: E402
 from pmsm_exp.quant import make_activation, use_kernels  # noqa: E402
 
-OPTIM = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "scheduler": "cosine", "warmup_epochs": 1}
+# recipe=fast's optimizer (conf/recipe/fast.yaml): Nesterov SGD, 1 warm-up epoch then cosine, λ floor 0.1
+OPTIM = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "scheduler": "cosine",
+         "warmup_epochs": 1, "threshold_floor": 0.1}
 
 
 def datamodule(images: int, batch: int) -> CIFAR10DataModule:
@@ -99,9 +101,10 @@ def plain_epoch(model0, dm, precision: str, kernels: str):
         t0 = time.perf_counter()
         model = use_kernels(copy.deepcopy(model0), kernels).train()
         opt = torch.optim.SGD(model.parameters(), lr=OPTIM["lr"], momentum=OPTIM["momentum"],
-                              weight_decay=OPTIM["weight_decay"])
+                              weight_decay=OPTIM["weight_decay"], nesterov=OPTIM["nesterov"])
+        thresholds = [m.threshold for m in model.modules() if hasattr(m, "threshold")]
         steps = math.ceil(len(dm.train_set) / dm.batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, EPOCHS * steps, "cosine"))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, EPOCHS * steps, steps, "cosine"))
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
         for _ in range(EPOCHS):
             start = time.perf_counter()
@@ -112,6 +115,9 @@ def plain_epoch(model0, dm, precision: str, kernels: str):
                 loss.backward()
                 opt.step()
                 sched.step()
+                with torch.no_grad():
+                    for lam in thresholds:
+                        lam.clamp_(min=OPTIM["threshold_floor"])
         end = time.perf_counter()
         return end - t0, end - start
     return run
@@ -120,14 +126,14 @@ def plain_epoch(model0, dm, precision: str, kernels: str):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=10000)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32)        # recipe=fast
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--precision", choices=("bf16-mixed", "32-true"), default="bf16-mixed")
     ap.add_argument("--kernels", choices=("eager", "compile"), default="eager")
     ap.add_argument("--out", default="bench-out")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    model0 = create_model("resnet20", 10, make_activation("pqa"))
+    model0 = create_model("resnet20", 10, make_activation("pqa", threshold=2.0))   # recipe=fast: λ0 = 2
     dm = datamodule(args.images, args.batch)
     with tempfile.TemporaryDirectory() as work:
         cases = {"lightning (train.py's path)": lightning_epoch(model0, dm, args.precision, args.kernels, Path(work)),
