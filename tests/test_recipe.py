@@ -149,3 +149,14 @@ def test_quantize_from_epoch_clips_first_then_quantizes_and_converts_exactly(tmp
     assert metrics["snn"]["agreement"][0] == 1.0 and metrics["snn"]["test_acc"][0] == metrics["qann"]["test_acc"]
     assert metrics["training"]["lr_schedule"]["quantize_from_epoch"] == 1
     assert_every_layer_fired(metrics)
+
+
+def test_a_run_that_stops_during_the_warm_up_still_evaluates_the_quantized_network(tmp_path, monkeypatch):
+    """Training ends in epoch 0 (max_steps=1) while the warm-up clips: what is tested and converted must
+    be the quantized network (quantization switched back on at the end of fit), so the SNN at T=1 agrees
+    with the QANN on every image; evaluated unrounded, the QANN would differ from its SNN."""
+    metrics = run_script("train", [*TINY, "epochs=2", "trainer.precision=32-true", "optim.quantize_from_epoch=1",
+                                   "+trainer.max_steps=1"], tmp_path / "a", monkeypatch)
+    assert metrics["training"]["steps"] == 1
+    assert metrics["snn"]["agreement"][0] == 1.0 and metrics["snn"]["test_acc"][0] == metrics["qann"]["test_acc"]
+    assert_every_layer_fired(metrics)
