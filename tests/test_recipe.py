@@ -43,31 +43,38 @@ def test_fast_recipe_trains_a_step_and_converts_exactly(tmp_path, monkeypatch):
     assert_every_layer_fired(metrics)
 
 
-@pytest.mark.parametrize("decay_all", [True, False])
-def test_decay_all_false_leaves_thresholds_and_norms_undecayed(decay_all):
-    """One SGD step with zero gradients moves a parameter only by weight decay: p <- p (1 - lr wd).
-    optim.decay_all=false must exempt λ, BatchNorm and biases and still decay conv/linear weights."""
+def one_sgd_step(model, optim: dict, grad) -> tuple[dict, dict, object]:
+    """Every parameter's value before and after one step of the optimizer QANNModule builds from
+    `optim`, each gradient set to grad(p); returns (before, after, module)."""
     from types import SimpleNamespace
-    from torch import nn
     from pmsm_exp.engine.training import QANNModule
-    from pmsm_exp.quant.pqa import PQA
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), PQA(8, -0.25, 1.0, 2.0), nn.Flatten(), nn.LazyLinear(2))
-    model(torch.randn(2, 3, 6, 6))
-    lr, wd = 0.5, 0.1
-    module = QANNModule(model, 2, {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": wd,
-                                   "decay_all": decay_all, "scheduler": "none"})
+    module = QANNModule(model, 2, {"name": "sgd", "scheduler": "none", **optim})
     module._trainer = SimpleNamespace(estimated_stepping_batches=1, max_epochs=1, datamodule=None, world_size=1,
                                       accumulate_grad_batches=1)
     opt = module.configure_optimizers()["optimizer"]
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     for p in model.parameters():
-        p.grad = torch.zeros_like(p)
+        p.grad = grad(p)
     opt.step()
-    for name, p in model.named_parameters():
+    return before, {name: p.detach() for name, p in model.named_parameters()}, module
+
+
+@pytest.mark.parametrize("decay_all", [True, False])
+def test_decay_all_false_leaves_thresholds_and_norms_undecayed(decay_all):
+    """One SGD step with zero gradients moves a parameter only by weight decay: p <- p (1 - lr wd).
+    optim.decay_all=false must exempt λ, BatchNorm and biases and still decay conv/linear weights."""
+    from torch import nn
+    from pmsm_exp.quant.pqa import PQA
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), PQA(8, -0.25, 1.0, 2.0), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))
+    lr, wd = 0.5, 0.1
+    before, after, _ = one_sgd_step(model, {"lr": lr, "momentum": 0.9, "weight_decay": wd, "decay_all": decay_all},
+                                    torch.zeros_like)
+    for name, p in after.items():
         decayed = decay_all or (p.ndim > 1)  # conv and linear weights only
         expected = before[name] * (1 - lr * wd) if decayed else before[name]
-        assert torch.allclose(p.detach(), expected), name
+        assert torch.allclose(p, expected), name
     assert any("threshold" in name for name in before)  # λ took part
 
 
@@ -92,23 +99,14 @@ def test_threshold_floor_holds_every_lambda_up_during_training(tmp_path, monkeyp
 def test_threshold_lr_scale_moves_thresholds_that_much_slower(decay_all):
     """Plain SGD (no momentum, no decay) moves p by -lr·grad: with a gradient of ones every weight moves
     by lr and every λ by lr·scale, whatever the decay grouping."""
-    from types import SimpleNamespace
     from torch import nn
-    from pmsm_exp.engine.training import QANNModule
     from pmsm_exp.quant.pqa import PQA
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), PQA(8, -0.25, 1.0, 2.0), nn.Flatten(),
                           nn.Linear(64, 2), PQA(8, -0.25, 1.0, 2.0))
     lr, scale = 0.5, 0.1
-    module = QANNModule(model, 2, {"name": "sgd", "lr": lr, "momentum": 0.0, "weight_decay": 0.0,
-                                   "decay_all": decay_all, "threshold_lr_scale": scale, "scheduler": "none"})
-    module._trainer = SimpleNamespace(estimated_stepping_batches=1, max_epochs=1, datamodule=None, world_size=1,
-                                      accumulate_grad_batches=1)
-    opt = module.configure_optimizers()["optimizer"]
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
-    opt.step()
-    moved = {name: float((before[name] - p.detach()).abs().max()) for name, p in model.named_parameters()}
+    before, after, module = one_sgd_step(model, {"lr": lr, "momentum": 0.0, "weight_decay": 0.0, "decay_all": decay_all,
+                                                 "threshold_lr_scale": scale}, torch.ones_like)
+    moved = {name: float((before[name] - p).abs().max()) for name, p in after.items()}
     assert sum("threshold" in n for n in moved) == 2 and len(moved) > 2
     for name, step in moved.items():
         assert step == pytest.approx(lr * scale if name.endswith("threshold") else lr), name

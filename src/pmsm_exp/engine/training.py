@@ -176,7 +176,9 @@ class QANNModule(L.LightningModule):
         if o["name"] == "sgd":  # the CNN recipe (paper Table 4, QCFS): decay on every parameter unless decay_all=false
             params = ([{"params": list(self.model.parameters())}] if o.get("decay_all", True)
                       else decay_groups(self.model, o.get("weight_decay", 0.0)))
-            params = threshold_groups(params, self.model, lr * float(o.get("threshold_lr_scale") or 1.0))
+            scale = float(o.get("threshold_lr_scale") or 1.0)
+            if scale != 1.0:   # else the groups stay as before, so checkpoints of earlier runs still resume
+                params = threshold_groups(params, self.model, lr * scale)
             opt = torch.optim.SGD(params, lr=lr, momentum=o.get("momentum", 0.9),
                                   weight_decay=o.get("weight_decay", 0.0), nesterov=bool(o.get("nesterov", False)))
         else:
