@@ -130,6 +130,13 @@ def test_vit_small_loss_claim(tmp_path):
     assert campaign.vit_claims(load(write(tmp_path / "c", {})))[1].verdict == "untested"
 
 
+def test_vit_claim_explains_an_exact_t1_only_when_every_image_agrees(tmp_path):
+    exact = record("vit_tiny_cifar10", "pmsm", model="vit_tiny", qann=0.70, t1=0.70)
+    near = record("vit_tiny_cifar10", "pmsm", model="vit_tiny", qann=0.70, t1=0.70, agreement=[0.999, 0.99])
+    assert "No loss" in campaign.vit_claims(load(write(tmp_path / "a", {"v": exact})))[0].ours
+    assert "No loss" not in campaign.vit_claims(load(write(tmp_path / "b", {"v": near})))[0].ours
+
+
 def test_build_writes_every_file_with_a_verdict_per_claim(tmp_path):
     analysis = {"timesteps": 4, "conversion_error_mean": [0.0, 0.1, 0.05, 0.02],
                 "layers": {"a": {"conversion_error": [0.0, 0.2, 0.1, 0.04]}, "b": {"conversion_error": None}}}
