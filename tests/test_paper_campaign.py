@@ -286,3 +286,11 @@ def test_synthetic_subsets_take_the_first_samples():
     assert (part.test_set.tensors[0] == full.test_set.tensors[0][:50]).all()   # the test set does not move
     with pytest.raises(UserError, match=r"^data.train_subset: got 600; the synthetic training set has 512"):
         SyntheticDataModule(train_subset=600).setup()
+
+
+def test_vit_stability_claim_fails_when_accuracy_falls_over_t(tmp_path):
+    steady = record("vit_tiny_cifar10", "pmsm", model="vit_tiny", accs=[0.70] * 8)
+    falling = record("vit_tiny_cifar10", "pmsm", model="vit_tiny", accs=[0.70, 0.69, 0.68, 0.67, 0.66, 0.65, 0.64, 0.60])
+    assert campaign.vit_stable_claim(load(write(tmp_path / "a", {"v": steady}))).verdict == "holds"
+    assert campaign.vit_stable_claim(load(write(tmp_path / "b", {"v": falling}))).verdict == "fails"
+    assert campaign.vit_stable_claim(load(write(tmp_path / "c", {}))).verdict == "untested"
