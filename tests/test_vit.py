@@ -366,3 +366,17 @@ def test_stbif_baseline_converges_where_aif_is_exact_at_once():
     assert (stbif[0] - logits).abs().max() > 1e-2
     assert torch.allclose(stbif[-1], logits, atol=1e-4)
     assert torch.equal(simulate(convert_to_snn(qvit, "aif"), x, 1, encoding="first", readout="sum").outputs[0], logits)
+
+
+def test_bounded_aif_keeps_a_clipping_vit_at_its_qann_where_aif_drifts():
+    """Input clipped at step 1 stays in an AIF membrane and fires later; bounding the total stops it."""
+    x = images()
+    qvit = randomize(tiny_vit(), x, seed=6, lam_range=(0.2, 0.3)).eval()
+    logits, _, _, clipped = run_qann(qvit, x)
+    assert sum(clipped.values()) > 0
+    aif = simulate(convert_to_snn(qvit, "aif"), x, 8, encoding="first", readout="sum").outputs
+    bounded = simulate(convert_to_snn(qvit, "aif_bounded"), x, 8, encoding="first", readout="sum").outputs
+    assert torch.equal(bounded[0], logits) and torch.equal(aif[0], logits)
+    assert (aif[-1] - logits).abs().max() > 1e-2
+    for t in range(8):
+        assert torch.allclose(bounded[t], logits, atol=1e-5), t

@@ -26,10 +26,11 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _AvgPoolNd, _MaxPoolNd
 
-from pmsm_exp.snn.neurons import MultiStepModule, SpikingNeuron, aif_neuron, if_neuron, stbif_neuron
+from pmsm_exp.snn.neurons import (MultiStepModule, SpikingNeuron, aif_bounded_neuron, aif_neuron, if_neuron,
+                                   stbif_neuron)
 from pmsm_exp.quant import PQA
 
-NEURONS = ("aif", "if", "stbif")
+NEURONS = ("aif", "if", "stbif", "aif_bounded")
 Converter = Callable[[nn.Module, str], nn.Module]
 _CONVERTERS: dict[type, Converter] = {}
 
@@ -70,6 +71,8 @@ def convert_pqa(q: PQA, neuron: str) -> SpikingNeuron:
         # θ = λ/L is computed by the neuron at forward time, in its current dtype, as PQA does:
         # casting the SNN afterwards (64-true, bf16-true) keeps step 1 bit-exact
         spiking = aif_neuron(lam, q.min_level, q.max_level, levels=q.levels)
+    elif neuron == "aif_bounded":
+        spiking = aif_bounded_neuron(lam, q.min_level, q.max_level, levels=q.levels)
     elif neuron == "stbif":
         spiking = stbif_neuron(lam, q.min_level, q.max_level, levels=q.levels)
     elif q.alpha != 0:
@@ -135,7 +138,8 @@ def convert_to_snn(model: nn.Module, neuron: str = "aif") -> nn.Module:
     """Return a spiking copy of a quantized model; the model itself is untouched.
 
     neuron='aif': PMSM's AIF neuron (lossless at t=1); 'if': QCFS's IF neuron;
-    'stbif': SpikeZIP-TF's ST-BIF+ neuron (one signed spike per step, bounded spike tracer).
+    'stbif': SpikeZIP-TF's ST-BIF+ neuron (one signed spike per step, bounded spike tracer);
+    'aif_bounded': AIF with its spike total bounded as ST-BIF+'s (the ViT stays at its QANN over T).
     """
     if neuron not in NEURONS:
         raise ValueError(f"unknown neuron {neuron!r}; valid: {', '.join(NEURONS)}")

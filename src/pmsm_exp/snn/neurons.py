@@ -175,6 +175,14 @@ def aif_neuron(step_size: torch.Tensor, min_level: int, max_level: int, levels: 
     return SpikingNeuron(step_size, max_pos=max_level, max_neg=-min_level, init_membrane=0.5, levels=levels)
 
 
+def aif_bounded_neuron(step_size: torch.Tensor, min_level: int, max_level: int, levels: int = 1) -> SpikingNeuron:
+    """AIF whose spike total, not only each step's count, stays in [αL, βL] (ST-BIF+'s tracer rule
+    with AIF's multi-spike cap). Step 1 is AIF's; afterwards input clipped away at step 1 never
+    fires, which a network that sees its input once (the ViT) needs to stay at the QANN over T."""
+    return SpikingNeuron(step_size, max_pos=max_level, max_neg=-min_level, init_membrane=0.5,
+                         total_bounds=(min_level, max_level), levels=levels)
+
+
 def if_neuron(threshold: torch.Tensor) -> SpikingNeuron:
     """QCFS's IF neuron: threshold λ, at most one positive spike per step, v(0) = λ/2."""
     return SpikingNeuron(threshold, max_pos=1, max_neg=0, init_membrane=0.5)
