@@ -249,6 +249,40 @@ def test_csv_log_continues_in_the_same_file(tmp_path):
     assert len(lines) == 3 and lines[1].startswith("0,") and lines[2].startswith("1,")
 
 
+def test_csv_log_keeps_its_rows_when_killed_while_adding_a_column(tmp_path, monkeypatch):
+    """A new column (end of the first epoch) rewrites the file; a kill -9 inside that rewrite, here an
+    error after the rewrite began, must leave the rows already on disk (Lightning's truncates first)."""
+    import csv
+    from pmsm_exp.engine.loggers import CSVLogger
+    logger = CSVLogger(str(tmp_path))
+    for step in range(3):
+        logger.log_metrics({"train/loss": 2.0 - step, "epoch": 0}, step=step)
+    logger.save()
+    path = tmp_path / "csv" / "metrics.csv"
+    before = path.read_text()
+
+    def killed(self, rows):
+        raise KeyboardInterrupt("killed mid-write")
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed)
+    logger.log_metrics({"val/acc": 0.5, "epoch": 0}, step=3)  # a new column: the file is rewritten
+    with pytest.raises(KeyboardInterrupt):
+        logger.save()
+    assert path.read_text() == before
+
+
+def test_csv_log_resumed_after_a_torn_row_stays_parseable(tmp_path):
+    import csv
+    from pmsm_exp.engine.loggers import CSVLogger
+    path = tmp_path / "csv" / "metrics.csv"
+    path.parent.mkdir()
+    path.write_text("epoch,step,train/loss\n0,0,2.0\n0,1,1.")  # killed in the middle of a row
+    resumed = CSVLogger(str(tmp_path))
+    resumed.log_metrics({"train/loss": 0.5, "epoch": 1}, step=2)
+    resumed.save()
+    rows = list(csv.DictReader(path.open()))
+    assert [(r["epoch"], r["step"], r["train/loss"]) for r in rows] == [("0", "0", "2.0"), ("1", "2", "0.5")]
+
+
 def compose_train(*overrides):
     from hydra import compose, initialize_config_dir
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
