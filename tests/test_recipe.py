@@ -32,6 +32,15 @@ def test_fast_recipe_composes_over_the_experiment(experiment):
     assert cfg.experiment_name == experiment and cfg.trainer.precision == "bf16-mixed"
 
 
+def test_vgg_recipe_is_the_fast_recipe_at_batch_128_and_lr_0_05():
+    fast = compose_train("experiment=table1_vgg16_cifar10", "recipe=fast")
+    vgg = compose_train("experiment=table1_vgg16_cifar10", "recipe=fast_vgg")
+    assert (vgg.data.batch_size, vgg.optim.lr) == (128, 0.05)
+    vgg.data.batch_size, vgg.optim.lr = fast.data.batch_size, fast.optim.lr
+    del vgg.hydra, fast.hydra  # the command lines differ, by the recipe's name
+    assert vgg == fast  # nothing else differs
+
+
 def test_fast_recipe_trains_a_step_and_converts_exactly(tmp_path, monkeypatch):
     from data_files import write_cifar10
     write_cifar10(tmp_path / "data", per_batch=20, n_test=30)
