@@ -183,6 +183,28 @@ def test_published_checkpoint_converts_exactly_with_no_other_file(ckpt, real_cif
     assert metrics["qann"]["test_acc"] == pytest.approx(acc, abs=1e-12)
 
 
+def test_published_checkpoint_finds_the_data_of_this_machine(real_cifar_few, tmp_path, monkeypatch):
+    """A published checkpoint records `<elsewhere>/data`: with no data.data_dir, convert.py reads this
+    machine's PMSM_DATA_DIR instead of failing on a folder that exists nowhere."""
+    from pmsm_exp.runs.checkpoints import load_checkpoint
+    ckpt = next(p for p in PUBLISHED if "pmsm" in p.name)
+    config, _, _ = load_checkpoint(ckpt)
+    assert config["data"]["data_dir"].startswith("<elsewhere>")
+    monkeypatch.setenv("PMSM_DATA_DIR", str(real_cifar_few))
+    metrics = run_script("convert", [f"ckpt_path={ckpt}", "data.num_workers=0", "data.test_subset=20",
+                                     "snn.timesteps=1", "logger=none"], tmp_path, monkeypatch)
+    assert metrics["status"] == "finished" and metrics["data"]["test_images"] == 20
+
+
+def test_convert_keeps_a_data_folder_that_exists_and_a_given_one(tmp_path):
+    from pmsm_exp.jobs.pipeline import data_dir_here
+    stored = {"name": "cifar10", "data_dir": str(tmp_path), "batch_size": 128}
+    assert data_dir_here(stored, {}, "/here")["data_dir"] == str(tmp_path)
+    assert data_dir_here(stored, {"data_dir": "/given"}, "/here")["data_dir"] == "/given"
+    assert data_dir_here({**stored, "data_dir": "<elsewhere>/data"}, {"batch_size": 7}, "/here") == \
+        {"name": "cifar10", "data_dir": "/here", "batch_size": 7}
+
+
 def test_published_checkpoints_are_small_and_named_by_their_records():
     for ckpt in PUBLISHED:
         assert ckpt.stat().st_size < 4 * 2 ** 20, ckpt.name     # sweeps/paper.sh: --max-checkpoint-mb 4

@@ -188,6 +188,17 @@ def train(cfg) -> dict:
                   ckpt_path, training=training)
 
 
+def data_dir_here(stored: dict, overrides: dict, here: str | None) -> dict:
+    """The data config a convert job reads: the checkpoint's, with this command's values; its data folder
+    where it exists on this machine, else this machine's paths.data_dir (PMSM_DATA_DIR): a published
+    checkpoint records `<elsewhere>/data`, never the folder of the machine that trained it."""
+    data = {**stored, **overrides}
+    kept = data.get("data_dir")
+    if "data_dir" not in overrides and kept is not None and here is not None and not Path(str(kept)).is_dir():
+        data["data_dir"] = here
+    return data
+
+
 def convert(cfg) -> dict:
     stored, model, trained_by = check_convert_config(cfg)   # reads the checkpoint, builds and tries the model
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -197,7 +208,7 @@ def convert(cfg) -> dict:
     # non-null model.channels_last of this command (trainer=gpu sets it) replaces the training run's
     own = {k: v for k, v in plain(cfg.get("model") or {}).items() if k in switches.RUN_KEYS and v is not None}
     cfg.model = {**{k: v for k, v in stored["model"].items() if k not in ("pretrained", "checkpoint")}, **own}
-    cfg.data = {**stored["data"], **data_overrides}
+    cfg.data = data_dir_here(stored["data"], data_overrides, (cfg.get("paths") or {}).get("data_dir"))
     cfg.pqa = {k: v for k, v in stored["pqa"].items() if k != "entropy_choice"}
     pqa = stored["pqa"]
     datamodule = build_datamodule(cfg.data)
