@@ -175,6 +175,12 @@ CASES = [
     ("convert_batch_size_zero", "convert", ["FILES[good]", "data.batch_size=0"], ["data.batch_size", "0"]),
     ("convert_if_on_pmsm", "convert", ["FILES[good]", "snn.neuron=if"], ["snn.neuron", "alpha=0"]),
     ("convert_chunk_zero", "convert", ["FILES[good]", "snn.chunk=0"], ["snn.chunk", "0"]),
+    # a total-bounded neuron or input-once encoding on a CNN: the SNN would fall to chance over T
+    ("bounded_neuron_on_cnn", "train", ["snn.neuron=aif_bounded"], ["snn.neuron", "'aif_bounded'", "use aif"]),
+    ("convert_stbif_on_cnn", "convert", ["FILES[good]", "snn.neuron=stbif"], ["snn.neuron", "'stbif'", "use aif"]),
+    ("first_encoding_on_cnn", "train", ["snn.encoding=first"], ["snn.encoding", "'first'", "'static'"]),
+    ("static_encoding_on_vit", "train", ["model=vit_tiny", "pqa=pmsm_vit", "snn.encoding=static"],
+     ["snn.encoding", "'static'", "'first'"]),
 ]
 
 

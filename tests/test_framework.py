@@ -164,34 +164,43 @@ def test_train_writes_metrics_checkpoint_and_wandb(train_run):
 
 
 @pytest.fixture(scope="module")
-def stbif_run(train_run, tmp_path_factory):
-    """The trained checkpoint converted with another neuron, analysed: a second, different run."""
-    run_dir, _, _ = train_run
-    logs = tmp_path_factory.mktemp("stbif")
-    run("convert.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "snn.neuron=stbif", "snn.timesteps=2",
-        "logger=none", "analysis=full", "analysis.max_batches=1", log_dir=logs)
-    metrics_file = next(logs.rglob("metrics.json"))
-    return metrics_file.parent, json.loads(metrics_file.read_text())
+def qcfs_run(tmp_path_factory):
+    """A second, different run: the QCFS baseline (IF neurons), trained and analysed."""
+    logs = tmp_path_factory.mktemp("qcfs")
+    run("train.py", *tiny(pqa="qcfs", analysis="full", analysis__max_batches=1), log_dir=logs)
+    run_dir = next((logs / "train" / "runs").iterdir())
+    return run_dir, json.loads((run_dir / "metrics.json").read_text())
 
 
-def test_train_with_analysis_writes_files(train_run, stbif_run, tmp_path):
+@pytest.fixture(scope="module")
+def aif_on_qcfs_run(qcfs_run, tmp_path_factory):
+    """The QCFS checkpoint converted with AIF neurons instead of its IF ones (a CNN takes no
+    total-bounded neuron: checks.py refuses stbif and aif_bounded there)."""
+    run_dir, _ = qcfs_run
+    logs = tmp_path_factory.mktemp("aif_on_qcfs")
+    run("convert.py", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "snn.neuron=aif", "snn.timesteps=2",
+        "logger=none", log_dir=logs)
+    return json.loads(next(logs.rglob("metrics.json")).read_text())
+
+
+def test_train_with_analysis_writes_files(train_run, qcfs_run, tmp_path):
     run_dir, metrics, _ = train_run
     analysis = metrics["analysis"]
     assert analysis["conversion_error_mean"][0] <= 1e-6 < analysis["spikes_up_to"][0]
     for name in ("energy.json", "layer_spikes.csv", "conversion_error.csv", "layer_spikes.png"):
         assert (run_dir / "analysis" / name).stat().st_size > 0
     from pmsm_exp.analysis import compare
-    other_dir, other = stbif_run
-    compare.main([f"PMSM={run_dir}", f"STBIF={other_dir}", "--out", str(tmp_path)])
+    other_dir, other = qcfs_run
+    compare.main([f"PMSM={run_dir}", f"QCFS={other_dir}", "--out", str(tmp_path)])
     with open(tmp_path / "energy_comparison.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["method"], r["T"]) for r in rows] == [("PMSM", "1"), ("STBIF", "1"), ("PMSM", "2"), ("STBIF", "2")]
-    runs = {"PMSM": analysis, "STBIF": other["analysis"]}
+    assert [(r["method"], r["T"]) for r in rows] == [(m, str(t)) for t in (1, 2, 3) for m in ("PMSM", "QCFS")]
+    runs = {"PMSM": analysis, "QCFS": other["analysis"]}
     for r in rows:
         i = int(r["T"]) - 1
         assert float(r["power_mw"]) == pytest.approx(runs[r["method"]]["power_mw"][i], rel=1e-6)
         # ratio = baseline (the last run) / this run
-        expected = runs["STBIF"]["power_mw"][i] / runs[r["method"]]["power_mw"][i]
+        expected = runs["QCFS"]["power_mw"][i] / runs[r["method"]]["power_mw"][i]
         assert float(r["ratio"]) == pytest.approx(expected, rel=1e-6)
     assert analysis["power_mw"][0] != other["analysis"]["power_mw"][0]  # two different runs
 
@@ -206,11 +215,13 @@ def test_convert_reproduces_train_run(train_run, tmp_path):
     assert converted["run"]["task"] == "convert" and converted["run"]["pqa"] == metrics["run"]["pqa"]
 
 
-def test_convert_with_another_neuron_is_its_own_method(train_run, stbif_run):
-    _, metrics, _ = train_run
-    _, converted = stbif_run
-    assert converted["run"]["method"] == "pmsm+stbif" and converted["run"]["snn"]["neuron"] == "stbif"
-    assert converted["qann"] == metrics["qann"]
+def test_convert_with_another_neuron_is_its_own_method(qcfs_run, aif_on_qcfs_run):
+    _, trained = qcfs_run
+    converted = aif_on_qcfs_run
+    assert converted["run"]["method"] == "qcfs+aif" and converted["run"]["snn"]["neuron"] == "aif"
+    assert trained["run"]["snn"]["neuron"] == "if" and converted["qann"] == trained["qann"]
+    assert converted["snn"]["agreement"][0] == 1.0     # AIF emits the QCFS quantizer's level at T=1
+    assert_every_layer_fired(converted)
 
 
 def test_multirun_sweeps_alpha(tmp_path):

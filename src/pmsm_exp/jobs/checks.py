@@ -195,8 +195,22 @@ def check_trainer(cfg) -> None:
              ">= 8.0): use 16-mixed or 32-true")
 
 
+TOTAL_BOUNDED = ("stbif", "aif_bounded")   # their spike total holds one quantized value: the input comes once
+
+
+def check_encoding(model: nn.Module, name, neuron: str, encoding: str) -> None:
+    """The input encoding is the one the model's conversion is built for: a CNN's biases and BatchNorm
+    shifts enter at every step (the image at every step, the mean of the outputs), a ViT's once."""
+    own = getattr(model, "snn_encoding", "static")
+    if encoding not in ("auto", own):
+        fail("snn.encoding", encoding, f"model={name} is converted for {own!r} input; leave snn.encoding=auto")
+    if neuron in TOTAL_BOUNDED and own == "static":
+        fail("snn.neuron", neuron, f"its spike total is held to one quantized value, which needs the input once "
+             f"(a ViT); model={name} sees the image at every step and would fall to chance over T: use aif")
+
+
 def checked_model(model_cfg: dict, pqa: dict, neuron: str, classes: int, state: dict | None = None,
-                  ckpt_path=None) -> nn.Module:
+                  ckpt_path=None, encoding: str = "auto") -> nn.Module:
     """The job's model, built (with its starting weights, or `state` from a checkpoint) and tried
     through conversion as evaluation will convert it; every failure one line."""
     try:
@@ -210,6 +224,7 @@ def checked_model(model_cfg: dict, pqa: dict, neuron: str, classes: int, state: 
             raise CheckpointError(f"checkpoint {ckpt_path} does not fit model {model_cfg.get('name')}: "
                                   f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     if neuron != "none":
+        check_encoding(model, model_cfg.get("name"), neuron, encoding)
         try:
             with torch.random.fork_rng(devices=[]):   # a trial: new layers draw initial weights, the run must not see it
                 convert_to_snn(model, neuron)
@@ -288,7 +303,8 @@ def check_convert_config(cfg: DictConfig) -> tuple[dict, nn.Module, dict | None]
              f"({trained_on.get('name')}: {', '.join(sorted(trained_on))})")
     pqa = stored.get("pqa", {})
     model_cfg = {k: v for k, v in stored.get("model", {}).items() if k not in NOT_REBUILT}
-    model = checked_model(model_cfg, pqa, job_neuron(cfg, pqa), num_classes(trained_on) or 10, state, cfg.ckpt_path)
+    model = checked_model(model_cfg, pqa, job_neuron(cfg, pqa), num_classes(trained_on) or 10, state, cfg.ckpt_path,
+                          encoding=cfg.snn.encoding)
     return stored, model, trained_by
 
 

@@ -158,7 +158,8 @@ def train(cfg) -> dict:
     datamodule.prepare_data()
     datamodule.setup("fit")
     # built once (its initial weights from the seed), its conversion tried before training
-    model = checked_model(plain(cfg.model), pqa, job_neuron(cfg, pqa), datamodule.num_classes)
+    model = checked_model(plain(cfg.model), pqa, job_neuron(cfg, pqa), datamodule.num_classes,
+                          encoding=cfg.snn.encoding)
     kernels_used = training_kernels(cfg, datamodule, model)
     run_config = plain(cfg)
     run_config["pqa"] = pqa
