@@ -10,18 +10,23 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
-def atomic_save(checkpoint: dict, path: str | Path) -> None:
+def replace_atomically(path: str | Path, write, mode: str = "wb", **open_kwargs) -> None:
+    """write(f) fills a temporary file beside `path`, flushed to disk, then renamed over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
+        with open(tmp, mode, **open_kwargs) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_save(checkpoint: dict, path: str | Path) -> None:
+    replace_atomically(path, lambda f: torch.save(checkpoint, f))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

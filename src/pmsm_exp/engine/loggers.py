@@ -10,6 +10,8 @@ from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from pmsm_exp.engine.checkpoint_io import replace_atomically
+
 
 class KillSafeWriter(ExperimentWriter):
     """Lightning's writer rewrites metrics.csv in place when a new column appears (at the end of the
@@ -17,17 +19,14 @@ class KillSafeWriter(ExperimentWriter):
     write lost every row logged so far. Here the new file is written beside it and renamed over it."""
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
-        path = Path(self.metrics_file_path)
-        with path.open(newline="") as f:
+        with open(self.metrics_file_path, newline="") as f:
             rows = list(csv.DictReader(f))
-        partial = path.with_name(path.name + ".partial")
-        with partial.open("w", newline="") as f:
+
+        def write(f):
             writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
+        replace_atomically(self.metrics_file_path, write, mode="w", newline="")
 
 
 def drop_torn_last_line(path: Path) -> None:

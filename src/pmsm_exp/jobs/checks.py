@@ -27,6 +27,7 @@ from pmsm_exp.quant.kernels import CHOICES as KERNEL_CHOICES
 from pmsm_exp.quant.pqa import PQAParamError
 from pmsm_exp.runs.checkpoints import load_checkpoint
 from pmsm_exp.snn import ENCODINGS, NEURONS, READOUTS, convert_to_snn
+from pmsm_exp.snn.conversion import TOTAL_BOUNDED
 from pmsm_exp.snn.simulation import check_settings
 
 EVAL_CHECKPOINTS = ("last", "best")
@@ -193,9 +194,6 @@ def check_trainer(cfg) -> None:
             and not torch.cuda.is_bf16_supported(including_emulation=False)):
         fail("trainer.precision", precision, "this GPU has no bfloat16 arithmetic (it needs compute capability "
              ">= 8.0): use 16-mixed or 32-true")
-
-
-TOTAL_BOUNDED = ("stbif", "aif_bounded")   # their spike total holds one quantized value: the input comes once
 
 
 def check_encoding(model: nn.Module, name, neuron: str, encoding: str) -> None:

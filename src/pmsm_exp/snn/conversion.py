@@ -31,6 +31,7 @@ from pmsm_exp.snn.neurons import (MultiStepModule, SpikingNeuron, aif_bounded_ne
 from pmsm_exp.quant import PQA
 
 NEURONS = ("aif", "if", "stbif", "aif_bounded")
+TOTAL_BOUNDED = ("stbif", "aif_bounded")   # their spike total holds one quantized value: the input comes once
 Converter = Callable[[nn.Module, str], nn.Module]
 _CONVERTERS: dict[type, Converter] = {}
 
