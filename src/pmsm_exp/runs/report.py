@@ -646,7 +646,7 @@ def selection(groups: list[Group]) -> list[dict]:
         base = start[g.experiment].settings
         changed = " ".join(f"{k}={g.settings.get(k, '(default)')}" for k in vary[id(g)]
                            if k != "task" and g.settings.get(k, "(default)") != base.get(k, "(default)"))
-        rows.append({"experiment": g.experiment, "model": g.model, "method": g.method, "changed": changed or "(none)",
+        rows.append({"experiment": g.experiment, "model": g.model, "method": g.method, "changed": changed or "(none: the base)",
                      "n": len(g.runs), "val_acc": _r(mean), "val_std": _r(std), "epochs": training.get("epochs"),
                      "train_images": (g.runs[0].metrics.get("data") or {}).get("train_images"),
                      "val_images": (g.runs[0].metrics.get("data") or {}).get("val_images"),
@@ -657,7 +657,7 @@ def selection(groups: list[Group]) -> list[dict]:
 
 def render_selection(rows: list[dict]) -> str:
     best = {r["experiment"]: r["changed"] for r in rows[::-1]}   # rows sorted best first per experiment
-    shown = [{"changed (from the first campaign's recipe)": r["changed"], "n": r["n"],
+    shown = [{"changed (from the base)": r["changed"], "n": r["n"],
               "val acc": f"{100 * r['val_acc']:.2f}" + (f" ± {100 * r['val_std']:.2f}" if r["val_std"] else ""),
               "epochs": r["epochs"], "train / val images": f"{r['train_images']} / {r['val_images']}",
               "final train loss": f"{r['final_train_loss']:.3f}" if r["final_train_loss"] is not None else "-",
