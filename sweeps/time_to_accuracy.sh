@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
-# Time to accuracy: ResNet-20 with the short-budget recipe (conf/recipe/fast.yaml, chosen by
+# Time to accuracy: ResNet-20 with a short-budget recipe (RECIPE, a conf/recipe/ choice, chosen by
 # sweeps/recipe_select.sh on a validation split) on all 50,000 training images, evaluated once on the
-# 10,000 test images: PMSM (SNN to T=32) and QCFS with the same recipe (to T=64). These are the first
-# step of the CPU campaign (sweeps/paper.sh, BUDGET=cpu), so the campaign reuses them. Run it with
+# 10,000 test images: PMSM (SNN to T=8) and then QCFS with the same recipe (SNN to T=32). Run it with
 # nothing else on the machine: the PMSM run's training.wall_s is the recipe's time to accuracy.
-#   LOGS=logs/paper-cpu sweeps/time_to_accuracy.sh [extra overrides]
+# Relaunching resumes (finished runs are skipped, killed ones continue from their checkpoint).
+#   RECIPE=fast_low_lr LOGS=logs/time-to-accuracy sweeps/time_to_accuracy.sh [extra overrides]
+# (The BUDGET=cpu campaign's Table 1 ResNet-20 rows are the same measurement for recipe=fast.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BUDGET=cpu STEPS="table1_resnet20" LOGS=${LOGS:-logs/paper-cpu} exec sweeps/paper.sh "$@"
+RECIPE=${RECIPE:-fast_low_lr}
+LOGS=${LOGS:-logs/time-to-accuracy}
+if [ ! -f "conf/recipe/$RECIPE.yaml" ]; then
+  echo "error: RECIPE: got '$RECIPE'; allowed: $(cd conf/recipe && ls ./*.yaml | sed 's|./||; s|.yaml||' | tr '\n' ' ')" >&2
+  exit 2
+fi
+status=0
+for method in "pmsm snn.timesteps=8" "qcfs snn.timesteps=32"; do
+  # shellcheck disable=SC2086
+  python train.py -m experiment=table1_resnet20_cifar10 experiment_name=time_to_accuracy recipe="$RECIPE" \
+    pqa=${method} paths.log_dir="$LOGS" "$@" || status=1
+done
+exit $status

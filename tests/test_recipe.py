@@ -167,3 +167,12 @@ def test_a_run_that_stops_during_the_warm_up_still_evaluates_the_quantized_netwo
     assert metrics["training"]["steps"] == 1
     assert metrics["snn"]["agreement"][0] == 1.0 and metrics["snn"]["test_acc"][0] == metrics["qann"]["test_acc"]
     assert_every_layer_fired(metrics)
+
+
+def test_low_lr_recipe_is_the_fast_recipe_at_lr_0_05():
+    fast = compose_train("experiment=table1_resnet20_cifar10", "recipe=fast")
+    low = compose_train("experiment=table1_resnet20_cifar10", "recipe=fast_low_lr")
+    assert low.optim.lr == 0.05 and fast.optim.lr == 0.1
+    low.optim.lr = fast.optim.lr
+    del low.hydra, fast.hydra  # the command lines differ, by the recipe's name
+    assert low == fast
