@@ -6,7 +6,8 @@
 # from round 3's (with recipe=fast's threshold floor, which never bound in round 3's winner: smallest λ 0.34).
 # Relaunching resumes: finished jobs are skipped, killed ones continue from their checkpoint.
 # Round 5 checks at the full budget (18 epochs on the split, its own table: recipe_select_18ep) whether
-# the round-4 levers that led through the early epochs, a lighter weight decay or a lower peak lr beat recipe=fast.
+# the round-4 levers that led through the early epochs, a lighter weight decay or a lower peak lr beat recipe=fast;
+# round 6 (same table) puts round 5's runner-up levers on top of its winner.
 #   ROUND=4 LOGS=logs/recipe EPOCHS=6 sweeps/recipe_select.sh [extra overrides for every job]
 # Two at a time on 2 cores: OMP_NUM_THREADS=1, and split LEVERS between two launches (JOBS=0,2 / 1,3).
 set -uo pipefail
@@ -14,8 +15,8 @@ cd "$(dirname "$0")/.."
 LOGS=${LOGS:-logs/recipe}
 ROUND=${ROUND:-4}
 NAME=recipe_select; RENAME=()
-if [ "$ROUND" = 5 ]; then NAME=recipe_select_18ep; RENAME=(experiment_name=$NAME); fi
-EPOCHS=${EPOCHS:-$([ "$ROUND" = 5 ] && echo 18 || echo 6)}
+if [ "$ROUND" -ge 5 ] 2>/dev/null; then NAME=recipe_select_18ep; RENAME=(experiment_name=$NAME); fi
+EPOCHS=${EPOCHS:-$([ "$ROUND" -ge 5 ] 2>/dev/null && echo 18 || echo 6)}
 case $ROUND in
   1) BASE=""
      LEVERS=(
@@ -47,7 +48,11 @@ case $ROUND in
        "optim.threshold_lr_scale=0.1"
        "optim.weight_decay=2.5e-4"               # the 18-epoch runs underfit (training loss 0.43 at the end)
        "optim.lr=0.05") ;;                       # validation accuracy sat at 0.46-0.60 through the peak-lr epochs
-  *) echo "error: ROUND: got '$ROUND'; allowed: 1, 2, 3, 4, 5" >&2; exit 2 ;;
+  6) BASE="recipe=fast optim.lr=0.05"           # round 5's winner (recipe=fast_low_lr), spelled as its lever
+     LEVERS=(
+       "optim.weight_decay=2.5e-4"               # round 5's runner-up, on top
+       "optim.weight_decay=2.5e-4 optim.quantize_from_epoch=3") ;;   # round 5's three winners together
+  *) echo "error: ROUND: got '$ROUND'; allowed: 1, 2, 3, 4, 5, 6" >&2; exit 2 ;;
 esac
 JOBS=${JOBS:-$(seq -s, 0 $(( ${#LEVERS[@]} - 1 )))}
 status=0
