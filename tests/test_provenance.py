@@ -212,3 +212,21 @@ def test_published_checkpoints_are_small_and_named_by_their_records():
     named = {json.loads(p.read_text())["run"].get("published_checkpoint")
              for p in (ROOT / "results" / "runs").rglob("metrics.json")} - {None}
     assert named == {p.relative_to(ROOT / "results").as_posix() for p in PUBLISHED}
+
+
+def test_publishing_one_experiment_keeps_the_other_experiments_published_under_the_same_name(tmp_path):
+    from test_report import fake_run
+    from pmsm_exp.runs import publish
+    logs, out = tmp_path / "logs", tmp_path / "results"
+    fake_run(logs, "train/multiruns/first/0", "first_round", qann=0.71)
+    publish.main(["--logs", str(logs), "--out", str(out), "--under", "recipe"])
+    fake_run(logs, "train/multiruns/second/0", "second_round", qann=0.72)
+    shutil.rmtree(logs / "train/multiruns/first")         # a new machine: only the new round's logs exist
+    publish.main(["--logs", str(logs), "--out", str(out), "--under", "recipe", "--experiment", "second_round"])
+    published = {json.loads(p.read_text())["run"]["experiment"]: json.loads(p.read_text())["qann"]["test_acc"]
+                 for p in (out / "runs" / "recipe").rglob("metrics.json")}
+    assert published == {"first_round": 0.71, "second_round": 0.72}
+    # without --experiment the published folder mirrors the logs, as before
+    publish.main(["--logs", str(logs), "--out", str(out), "--under", "recipe"])
+    assert [p.parent.name for p in (out / "runs" / "recipe").rglob("metrics.json")] == ["0"]
+    assert json.loads(next((out / "runs" / "recipe").rglob("metrics.json")).read_text())["qann"]["test_acc"] == 0.72

@@ -176,3 +176,14 @@ def test_low_lr_recipe_is_the_fast_recipe_at_lr_0_05():
     low.optim.lr = fast.optim.lr
     del low.hydra, fast.hydra  # the command lines differ, by the recipe's name
     assert low == fast
+
+
+def test_time_to_accuracy_script_refuses_an_unknown_recipe_in_one_line_before_training(tmp_path):
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", str(root / "sweeps" / "time_to_accuracy.sh")], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "RECIPE": "fastest", "LOGS": str(tmp_path / "logs")})
+    assert done.returncode == 2 and not (tmp_path / "logs").exists()
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("error: RECIPE: got 'fastest'; allowed: ") and "fast_low_lr" in done.stderr

@@ -532,13 +532,20 @@ def steps_markdown(runs: Path, budget: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def time_to_accuracy(records: Records) -> str:
-    """The Table 1 ResNet-20 PMSM run as a time-to-accuracy measurement (its training alone)."""
-    pmsm, qcfs = pair(records, "table1_resnet20_cifar10")
+def recipe_of(metrics: dict) -> str:
+    """The recipe a run trained with, as its command line named it."""
+    named = [o.split("=", 1)[1] for o in (metrics.get("run") or {}).get("overrides") or [] if o.startswith("recipe=")]
+    return f"recipe={named[-1]}" if named else "the experiment's own recipe"
+
+
+def time_to_accuracy(records: Records, experiment: str = "table1_resnet20_cifar10") -> str:
+    """An experiment's ResNet-20 PMSM run as a time-to-accuracy measurement (its training alone), and
+    the QCFS run beside it."""
+    pmsm, qcfs = pair(records, experiment)
     if not pmsm:
-        return "Time to accuracy: the Table 1 ResNet-20 PMSM run has not finished yet."
+        return f"Time to accuracy: the {experiment} ResNet-20 PMSM run has not finished yet."
     t = pmsm.get("training") or {}
-    line = (f"**Time to accuracy.** ResNet-20 PMSM, `recipe=fast`, {t.get('epochs')} epochs on "
+    line = (f"**Time to accuracy.** ResNet-20 PMSM, `{recipe_of(pmsm)}`, {t.get('epochs')} epochs on "
             f"{(pmsm.get('data') or {}).get('train_images')} training images: QANN "
             f"**{pct(pmsm['qann']['test_acc'])}%** on the {(pmsm.get('data') or {}).get('test_images')} test images "
             f"after **{t.get('wall_s', 0) / 60:.1f} min** of training (`training.wall_s`), SNN at T=1 "
@@ -547,7 +554,8 @@ def time_to_accuracy(records: Records) -> str:
         q = qcfs.get("training") or {}
         steps = ", ".join(f"T={t} {pct(snn_at(qcfs, 'test_acc', t))}%" for t in (1, 2, 4, 8, 16, 32, 64)
                           if snn_at(qcfs, "test_acc", t) is not None)
-        line += (f"; QCFS with the same recipe: QANN {pct(qcfs['qann']['test_acc'])}%, {steps} "
+        same = "the same recipe" if recipe_of(qcfs) == recipe_of(pmsm) else f"`{recipe_of(qcfs)}`"
+        line += (f"; QCFS with {same}: QANN {pct(qcfs['qann']['test_acc'])}%, {steps} "
                  f"({q.get('wall_s', 0) / 60:.1f} min of training)")
     return line + "."
 
