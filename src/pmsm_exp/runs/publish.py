@@ -85,9 +85,9 @@ def weights_only(ckpt_file: Path, dest: Path) -> Path:
     return dest
 
 
-def clear_published(runs_dir: Path, ckpt_dir: Path, experiments=None) -> None:
+def clear_published(out: Path, runs_dir: Path, ckpt_dir: Path, experiments=None) -> None:
     """Make room for a fresh copy: the whole published campaign, or with `experiments` only those
-    experiments' records and checkpoints (a publish of one experiment keeps the others')."""
+    experiments' records and the checkpoints they name (a publish of one experiment keeps the others')."""
     if not experiments:
         for folder in (runs_dir, ckpt_dir):
             shutil.rmtree(folder, ignore_errors=True)
@@ -95,10 +95,9 @@ def clear_published(runs_dir: Path, ckpt_dir: Path, experiments=None) -> None:
     for path in sorted(runs_dir.rglob(METRICS_FILE)) if runs_dir.is_dir() else []:
         metrics, _ = read_metrics(path)
         if metrics is not None and metrics["run"].get("experiment") in experiments:
+            if metrics["run"].get("published_checkpoint"):
+                (out / metrics["run"]["published_checkpoint"]).unlink(missing_ok=True)
             shutil.rmtree(path.parent, ignore_errors=True)
-    for ckpt in sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []:
-        if any(ckpt.name.startswith(f"{e}-") for e in experiments):
-            ckpt.unlink()
 
 
 def publish(logs: Path, out: Path, experiments=None, checkpoints: bool | list[str] = False, under: str | None = None,
@@ -108,7 +107,7 @@ def publish(logs: Path, out: Path, experiments=None, checkpoints: bool | list[st
     runs_dir, ckpt_dir = out / "runs", out / "checkpoints"
     if under:
         runs_dir, ckpt_dir = runs_dir / under, ckpt_dir / under
-        clear_published(runs_dir, ckpt_dir, experiments)
+        clear_published(out, runs_dir, ckpt_dir, experiments)
     for path in sorted(logs.rglob(METRICS_FILE)):
         if "wandb" in path.parts:
             continue
