@@ -7,7 +7,7 @@
 # Relaunching resumes: finished jobs are skipped, killed ones continue from their checkpoint.
 # Round 5 checks at the full budget (18 epochs on the split, its own table: recipe_select_18ep) whether
 # the round-4 levers that led through the early epochs, a lighter weight decay or a lower peak lr beat recipe=fast;
-# round 6 (same table) puts round 5's runner-up levers on top of its winner.
+# round 6 (same table) puts round 5's runner-up levers on top of its winner; round 7 halves the batch.
 #   ROUND=4 LOGS=logs/recipe EPOCHS=6 sweeps/recipe_select.sh [extra overrides for every job]
 # Two at a time on 2 cores: OMP_NUM_THREADS=1, and split LEVERS between two launches (JOBS=0,2 / 1,3).
 set -uo pipefail
@@ -52,7 +52,10 @@ case $ROUND in
      LEVERS=(
        "optim.weight_decay=2.5e-4"               # round 5's runner-up, on top
        "optim.weight_decay=2.5e-4 optim.quantize_from_epoch=3") ;;   # round 5's three winners together
-  *) echo "error: ROUND: got '$ROUND'; allowed: 1, 2, 3, 4, 5, 6" >&2; exit 2 ;;
+  7) BASE="recipe=fast optim.lr=0.05"           # round 6 kept round 5's winner (lr x weight decay = 2.5e-5 was
+     LEVERS=(                                    #   best at both lr 0.05 and 0.1; 1.25e-5 lost at both)
+       "data.batch_size=16 optim.lr=0.025") ;;   # twice the steps at the same lr / batch, using the hour's slack
+  *) echo "error: ROUND: got '$ROUND'; allowed: 1, 2, 3, 4, 5, 6, 7" >&2; exit 2 ;;
 esac
 JOBS=${JOBS:-$(seq -s, 0 $(( ${#LEVERS[@]} - 1 )))}
 status=0
