@@ -90,11 +90,13 @@ def same_training_state(run_dir: Path, reference: Path) -> None:
 
 
 def test_kill_9_then_resume_auto_equals_uninterrupted_run(uninterrupted, tmp_path):
-    """Mutation caught: a resume that restarts from step 0 (ckpt_path dropped) trains every step again."""
+    """Mutation caught: a resume that restarts from step 0 (ckpt_path dropped) trains every step again;
+    a resumed run's training.wall_s that counts only its own process."""
     import torch
     run_dir, rc, _ = interrupt_after_first_checkpoint(tmp_path, signal.SIGKILL)
     assert rc == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
-    stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    kept = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    stopped_at, trained_before = kept["global_step"], kept["pmsm_training_wall_s"]
     _, out, _ = run("train.py", *TINY, f"epochs={EPOCHS}", "resume=auto", log_dir=tmp_path)
     assert "resuming from" in out and len(list(tmp_path.glob("train/runs/*"))) == 1  # continued in its folder
     resumed, reference = metrics(run_dir), metrics(uninterrupted)
@@ -105,6 +107,11 @@ def test_kill_9_then_resume_auto_equals_uninterrupted_run(uninterrupted, tmp_pat
     assert 0 < stopped_at < total and resumed["training"]["steps"] == total
     assert resumed["training"]["steps_this_run"] == total - stopped_at
     assert resumed["training"]["resumed_from"].endswith("checkpoints/last.ckpt")
+    # the fitting time adds the killed process's time up to its checkpoint to this process's own
+    this_run = resumed["training"]["wall_s_this_run"]
+    assert trained_before > 0 and this_run > 0
+    assert resumed["training"]["wall_s"] == pytest.approx(trained_before + this_run, abs=0.01)
+    assert reference["training"]["wall_s"] == pytest.approx(reference["training"]["wall_s_this_run"], abs=0.01)
     same_training_state(run_dir, uninterrupted)
     assert epochs_logged(run_dir) == list(range(EPOCHS))  # one CSV log, every epoch in it
 

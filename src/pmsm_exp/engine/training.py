@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import lightning as L
@@ -70,6 +71,10 @@ class QANNModule(L.LightningModule):
         self.provenance = plain(provenance or {})
         self.schedule: dict = {}   # the learning-rate schedule configure_optimizers built
         self.steps_this_run = 0    # training steps taken by this process (a resumed run: only the remaining ones)
+        # fitting time over every process that trained these weights: the time up to the checkpoint a run
+        # resumed from, kept in checkpoints, plus this process's since clock_started (set before fit)
+        self.wall_before = 0.0
+        self.clock_started: float | None = None
         self.floored: list[nn.Parameter] = []   # the thresholds optim.threshold_floor holds up (on_train_start)
         self.channels_last = bool(channels_last)
         self.model = switches.to_channels_last(model) if self.channels_last else model
@@ -204,7 +209,17 @@ class QANNModule(L.LightningModule):
         per_device = getattr(loader, "batch_size", None) or 256
         return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
+    def training_wall_s(self) -> float:
+        """Seconds of fitting behind the current weights, over this process and the ones it resumed
+        from (an interrupted process's time after its last checkpoint is not in it: that work was redone)."""
+        return self.wall_before + (time.time() - self.clock_started if self.clock_started is not None else 0.0)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["pmsm_config"] = self.run_config
         checkpoint["pmsm_provenance"] = self.provenance
+        checkpoint["pmsm_training_wall_s"] = self.training_wall_s()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # checkpoints written before the time was kept have none: such a resumed run counts only its own
+        self.wall_before = float(checkpoint.get("pmsm_training_wall_s", 0.0))

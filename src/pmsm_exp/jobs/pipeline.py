@@ -85,10 +85,12 @@ def data_record(cfg, datamodule, test_images: int) -> dict:
             "fingerprint": fingerprint(datamodule.test_set)}
 
 
-def training_record(trainer, module: QANNModule, wall_s: float, resumed_from: str | None) -> dict:
+def training_record(trainer, module: QANNModule, resumed_from: str | None) -> dict:
     final = {k: trainer.callback_metrics.get(k) for k in ("train/loss", "val/acc", "val/loss")}
+    # wall_s: over every process behind the weights (a resumed run adds the time kept in its checkpoint)
     return {"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step),
-            "steps_this_run": module.steps_this_run, "wall_s": round(wall_s, 3),
+            "steps_this_run": module.steps_this_run, "wall_s": round(module.training_wall_s(), 3),
+            "wall_s_this_run": round(time.time() - module.clock_started, 3),
             "final_train_loss": float(final["train/loss"]) if final["train/loss"] is not None else None,
             # on the held-out split of the training set (data.val_fraction > 0), after the last epoch
             "final_val_acc": float(final["val/acc"]) if final["val/acc"] is not None else None,
@@ -175,9 +177,9 @@ def train(cfg) -> dict:
                             **({} if validation else {"limit_val_batches": 0, "num_sanity_val_steps": 0}))
     if resume_from and rank_zero_only.rank == 0:
         print(f"resuming from {resume_from}")
-    fit_started = time.time()
+    module.clock_started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)  # never unpickle code
-    training = training_record(trainer, module, time.time() - fit_started, relative_to_logs(cfg, resume_from) or None)
+    training = training_record(trainer, module, relative_to_logs(cfg, resume_from) or None)
     last = output_dir() / folders.LAST
     ckpt_path = str(last) if last.is_file() else ""
     best = [c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path]
