@@ -201,7 +201,7 @@ def test_time_to_accuracy_section_is_rebuilt_from_its_record(tmp_path):
     from pmsm_exp.runs import campaign
     runs = RUNS / "time-to-accuracy"
     report.main(["accuracy", "--logs", str(runs), "--experiment", "time_to_accuracy", "--format", "paper",
-                 "--timesteps", "1", "2", "4", "8", "--out", str(tmp_path), "--name", "time_to_accuracy"])
+                 "--timesteps", "1", "2", "4", "8", "16", "32", "--out", str(tmp_path), "--name", "time_to_accuracy"])
     for suffix in (".md", ".csv", "_left_out.csv"):
         assert (RESULTS / f"time_to_accuracy{suffix}").read_text() == (tmp_path / f"time_to_accuracy{suffix}").read_text()
     readme = (ROOT / "README.md").read_text()
@@ -210,9 +210,14 @@ def test_time_to_accuracy_section_is_rebuilt_from_its_record(tmp_path):
     line = campaign.time_to_accuracy(records, "time_to_accuracy")
     table = (tmp_path / "time_to_accuracy.md").read_text().split("\n\nleft out:")[0].strip()
     assert block == f"{line}\n\n{table}\n"
-    pmsm, _ = campaign.pair(records, "time_to_accuracy")
+    pmsm, qcfs = campaign.pair(records, "time_to_accuracy")
     assert pmsm["data"]["train_images"] == 50000 and pmsm["data"]["test_images"] == 10000
     assert pmsm["training"]["epochs"] <= 18 and pmsm["training"]["wall_s"] <= 3600
+    assert pmsm["training"]["resumed_from"] is None   # one uninterrupted process: its wall time is the recipe's
+    # QCFS with the same recipe beside it: its QANN and its SNN at T=1 ... 32
+    assert qcfs is not None and campaign.recipe_of(qcfs) == campaign.recipe_of(pmsm)
+    assert qcfs["data"]["train_images"] == 50000 and qcfs["training"]["epochs"] <= 18
+    assert all(campaign.snn_at(qcfs, "test_acc", t) is not None for t in (1, 2, 4, 8, 16, 32))
     assert pmsm["snn"]["agreement"][0] == 1.0 and pmsm["snn"]["test_acc"][0] == pmsm["qann"]["test_acc"]
     # the prose beside it: against recipe=fast's campaign run, and against the 85%
     fast, _ = campaign.pair(campaign.Records(report.collect(RUNS / "paper-cpu").runs), "table1_resnet20_cifar10")
