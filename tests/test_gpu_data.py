@@ -220,3 +220,34 @@ def test_on_device_cuda_batches_stay_on_gpu(cifar_root):
     for _, win in reference_windows(imgs.cpu(), 4):
         hits += (out == win).reshape(256, -1).all(1)
     assert (hits == 1).all()
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_crop_pad_sets_the_offsets_on_both_paths(on_device):
+    """data.crop_pad=2: every training image is a (possibly mirrored) window of the image zero-padded
+    by 2, at offsets 0..4 and never beyond, on the device path and in the loader workers' path."""
+    dm = CIFAR10DataModule(crop_pad=2, on_device=on_device)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(1, 256, (400, 3, 32, 32), dtype=torch.uint8, generator=g)
+    if on_device:
+        out = dm.device_transform()(x, torch.Generator().manual_seed(4))
+    else:
+        torch.manual_seed(4)
+        tf = dm.train_transform()
+        out = torch.stack([tf(img) for img in x])
+    mean, std = torch.tensor(dm.mean).view(1, 3, 1, 1), torch.tensor(dm.std).view(1, 3, 1, 1)
+    pixels = torch.round((out * std + mean) * 255).to(torch.int64).numpy()
+    offsets = []
+    for i in range(len(x)):
+        hits = [(dy, dx) for (dy, dx, _), win in reference_windows(x[i:i + 1], 2) if (pixels[i] == win[0]).all()]
+        assert len(hits) == 1, f"image {i}: {len(hits)} matching windows"
+        offsets.append(hits[0])
+    assert {dy for dy, _ in offsets} == set(range(5)) and {dx for _, dx in offsets} == set(range(5))
+
+
+@pytest.mark.parametrize("value", [-1, "two", 2.5])
+def test_crop_pad_refuses_a_bad_value_in_one_line(value):
+    with pytest.raises(UserError) as exc:
+        CIFAR10DataModule(crop_pad=value)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"data.crop_pad: got {value!r}") and "integer >= 0" in msg

@@ -211,6 +211,7 @@ def test_trainer_gpu_defaults_and_every_value_valid_but_the_device():
     (["model.compile=fast"], ["model.compile: got 'fast'", "max-autotune"]),
     (["model.compile=1"], ["model.compile: got 1"]),
     (["data.on_device=sometimes"], ["data.on_device: got 'sometimes'", "auto"]),
+    (["model.zero_init_residual=maybe"], ["model.zero_init_residual: got 'maybe'", "true or false"]),
 ])
 def test_bad_switch_is_one_line_before_any_work(overrides, fragments):
     cfg = compose_cfg("train", *overrides)

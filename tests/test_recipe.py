@@ -187,3 +187,29 @@ def test_time_to_accuracy_script_refuses_an_unknown_recipe_in_one_line_before_tr
     assert done.returncode == 2 and not (tmp_path / "logs").exists()
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("error: RECIPE: got 'fastest'; allowed: ") and "fast_low_lr" in done.stderr
+
+
+def test_zero_init_residual_starts_every_block_as_its_shortcut():
+    """model.zero_init_residual=true: each block's output at initialisation is its activation applied to
+    its shortcut alone (by hand: relu(x) or relu(bn(conv1x1(x)))); false keeps the residual branch."""
+    from pmsm_exp.models import create_model
+
+    torch.manual_seed(0)
+    blocks_seen = 0
+    for zero in (True, False):
+        model = create_model("resnet20", 10, torch.nn.ReLU, zero_init_residual=zero).eval()
+        x = torch.randn(4, 3, 32, 32)
+        h = model.stem(x)
+        for stage in model.stages:
+            for block in stage:
+                by_hand = torch.relu(block.shortcut(h))
+                out = block(h)
+                assert torch.equal(out, by_hand) is zero
+                blocks_seen += zero
+                h = out
+    assert blocks_seen == 9  # 3 stages x 3 blocks, every one checked
+
+
+def test_zero_init_residual_is_a_resnet20_config_key_off_by_default():
+    cfg = compose_train("experiment=table1_resnet20_cifar10", "recipe=fast")
+    assert cfg.model.zero_init_residual is False

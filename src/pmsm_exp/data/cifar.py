@@ -1,6 +1,6 @@
 """CIFAR-10 and CIFAR-100 from torchvision's pickled batches, held in memory as uint8.
 
-Train: crop with padding 4 and flip (optionally AutoAugment, Cutout, random
+Train: crop with padding `crop_pad` (4, the standard) and flip (optionally AutoAugment, Cutout, random
 erasing, resize for ViTs) per image in loader workers, or, with
 ``on_device=True``, per batch on the trainer's device (see data.gpu); ``on_device="auto"``
 chooses the device path when the trainer runs on a GPU and the augmentation is one it does.
@@ -101,7 +101,7 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
                  cutout: int = 0, image_size: int = 32, train_subset: Optional[int] = None,
                  test_subset: Optional[int] = None, val_fraction: float = 0.0, seed: int = 42,
                  pin_memory: Optional[bool] = None, re_prob: float = 0.0, repeated_aug: int = 1,
-                 on_device: bool | str = False):
+                 on_device: bool | str = False, crop_pad: int = 4):
         super().__init__()
         self.save_hyperparameters()
         self.data_dir = Path(data_dir or default_data_dir())
@@ -111,6 +111,8 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
         self.augment = check_bool("data.augment", augment)
         self.autoaugment = check_bool("data.autoaugment", autoaugment)
         self.cutout = check_int("data.cutout", cutout, 0, " (0 = off; the hole's side in pixels)")
+        self.crop_pad = check_int("data.crop_pad", crop_pad, 0, " (the random crop's zero padding in pixels; "
+                                  "0 = no crop, 4 = the standard)")
         self.image_size = check_int("data.image_size", image_size, 1)
         self.train_subset = check_optional_count("data.train_subset", train_subset)
         self.test_subset = check_optional_count("data.test_subset", test_subset)
@@ -199,7 +201,7 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
     def train_transform(self) -> Callable:
         ops = []
         if self.augment:
-            ops += [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
+            ops += [T.RandomCrop(32, padding=self.crop_pad), T.RandomHorizontalFlip()]
         if self.autoaugment:
             ops.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10))  # works on uint8 tensors
         ops += self._to_float()
@@ -214,7 +216,7 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
 
     def device_transform(self) -> Callable:
         """The on-device equivalent of train_transform: f(uint8 batch, generator)."""
-        return partial(augment_batch, mean=self.mean, std=self.std, pad=4 if self.augment else 0,
+        return partial(augment_batch, mean=self.mean, std=self.std, pad=self.crop_pad if self.augment else 0,
                        flip=self.augment, cutout=self.cutout,
                        size=None if self.image_size == 32 else self.image_size)
 

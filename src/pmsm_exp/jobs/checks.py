@@ -178,6 +178,10 @@ def check_model_switches(cfg) -> None:
     value = model.get("compile", False)
     if not (isinstance(value, bool) or value in COMPILE_MODES or (nullable and value is None)):
         fail("model.compile", value, "must be true, false or a torch.compile mode: " + ", ".join(COMPILE_MODES))
+    value = model.get("zero_init_residual", False)
+    if not isinstance(value, bool):
+        fail("model.zero_init_residual", value, "must be true or false (true: each residual block's last "
+             "BatchNorm scale starts at 0)")
 
 
 def check_trainer(cfg) -> None:

@@ -32,7 +32,7 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     def __init__(self, blocks_per_stage: int, widths, num_classes: int, activation: Callable[[], nn.Module],
-                 in_channels: int = 3):
+                 in_channels: int = 3, zero_init_residual: bool = False):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), activation())
@@ -46,6 +46,10 @@ class CifarResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(in_planes, num_classes)
+        if zero_init_residual:  # each block starts as its shortcut (Goyal et al. 2017): faster early training
+            for block in self.modules():
+                if isinstance(block, BasicBlock):
+                    nn.init.zeros_(block.bn2.weight)
 
     def forward(self, x):
         return self.fc(self.pool(self.stages(self.stem(x))))
