@@ -178,6 +178,15 @@ def test_low_lr_recipe_is_the_fast_recipe_at_lr_0_05():
     assert low == fast
 
 
+def test_crop2_recipe_is_the_low_lr_recipe_with_a_2_pixel_crop_padding():
+    low = compose_train("experiment=table1_resnet20_cifar10", "recipe=fast_low_lr")
+    crop2 = compose_train("experiment=table1_resnet20_cifar10", "recipe=fast_crop2")
+    assert crop2.data.crop_pad == 2 and low.data.crop_pad == 4
+    crop2.data.crop_pad = low.data.crop_pad
+    del low.hydra, crop2.hydra
+    assert crop2 == low
+
+
 def test_time_to_accuracy_script_refuses_an_unknown_recipe_in_one_line_before_training(tmp_path):
     import subprocess
     from pathlib import Path
