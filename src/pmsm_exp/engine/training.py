@@ -209,10 +209,16 @@ class QANNModule(L.LightningModule):
         per_device = getattr(loader, "batch_size", None) or 256
         return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
-    def training_wall_s(self) -> float:
+    def wall_s_this_run(self, now: float | None = None) -> float:
+        """Seconds this process has been fitting (0 before fit starts)."""
+        if self.clock_started is None:
+            return 0.0
+        return (time.time() if now is None else now) - self.clock_started
+
+    def training_wall_s(self, now: float | None = None) -> float:
         """Seconds of fitting behind the current weights, over this process and the ones it resumed
         from (an interrupted process's time after its last checkpoint is not in it: that work was redone)."""
-        return self.wall_before + (time.time() - self.clock_started if self.clock_started is not None else 0.0)
+        return self.wall_before + self.wall_s_this_run(now)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["pmsm_config"] = self.run_config

@@ -178,11 +178,15 @@ def check_model_switches(cfg) -> None:
     value = model.get("compile", False)
     if not (isinstance(value, bool) or value in COMPILE_MODES or (nullable and value is None)):
         fail("model.compile", value, "must be true, false or a torch.compile mode: " + ", ".join(COMPILE_MODES))
-    value = model.get("zero_init_residual", False)
+
+
+
+def check_model_init(cfg) -> None:
+    """model.zero_init_residual (ResNet): how a train job initialises the model; absent is off."""
+    value = (OmegaConf.select(cfg, "model", default=None) or {}).get("zero_init_residual", False)
     if not isinstance(value, bool):
         fail("model.zero_init_residual", value, "must be true or false (true: each residual block's last "
              "BatchNorm scale starts at 0)")
-
 
 def check_trainer(cfg) -> None:
     accelerator = OmegaConf.select(cfg, "trainer.accelerator")
@@ -264,6 +268,7 @@ def check_train_config(cfg: DictConfig) -> dict:
     check_pqa(cfg)
     check_snn(cfg)
     check_model_switches(cfg)
+    check_model_init(cfg)
     check_trainer(cfg)
     classes = num_classes(plain(cfg.data))
     if classes is None:

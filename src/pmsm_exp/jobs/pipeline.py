@@ -87,11 +87,11 @@ def data_record(cfg, datamodule, test_images: int) -> dict:
 
 def training_record(trainer, module: QANNModule, resumed_from: str | None) -> dict:
     final = {k: trainer.callback_metrics.get(k) for k in ("train/loss", "val/acc", "val/loss")}
-    this_run = time.time() - module.clock_started
+    now = time.time()   # one clock reading, so wall_s = the checkpoint's time + wall_s_this_run exactly
     # wall_s: over every process behind the weights (a resumed run adds the time kept in its checkpoint)
     return {"epochs": int(trainer.current_epoch), "steps": int(trainer.global_step),
-            "steps_this_run": module.steps_this_run, "wall_s": round(module.wall_before + this_run, 3),
-            "wall_s_this_run": round(this_run, 3),
+            "steps_this_run": module.steps_this_run, "wall_s": round(module.training_wall_s(now), 3),
+            "wall_s_this_run": round(module.wall_s_this_run(now), 3),
             "final_train_loss": float(final["train/loss"]) if final["train/loss"] is not None else None,
             # on the held-out split of the training set (data.val_fraction > 0), after the last epoch
             "final_val_acc": float(final["val/acc"]) if final["val/acc"] is not None else None,
