@@ -64,7 +64,9 @@ case $ROUND in
      LEVERS=(
        "data.crop_pad=2"                         # a milder crop: the runs underfit (fast CIFAR trainers crop by 2)
        "model.zero_init_residual=true") ;;       # every block starts as its shortcut (faster early training)
-  *) echo "error: ROUND: got '$ROUND'; allowed: 1, 2, 3, 4, 5, 6, 7, 8, 9" >&2; exit 2 ;;
+  10) BASE="recipe=fast optim.lr=0.05"          # round 9's winner was the milder crop (pad 2 over pad 4): the
+      LEVERS=("data.crop_pad=1" "data.crop_pad=0") ;;   #   same lever further, to a 1-pixel crop and to flips only
+  *) echo "error: ROUND: got '$ROUND'; allowed: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10" >&2; exit 2 ;;
 esac
 JOBS=${JOBS:-$(seq -s, 0 $(( ${#LEVERS[@]} - 1 )))}
 status=0
