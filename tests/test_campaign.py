@@ -120,10 +120,6 @@ def test_kill_9_then_resume_auto_equals_uninterrupted_run(uninterrupted, tmp_pat
 MID = [*TINY, "data.batch_size=4", "epochs=3"]
 
 
-@pytest.mark.slow   # three subprocess runs, about 30 s
-@pytest.mark.xfail(strict=True, reason="known fault, left open: a mid-epoch resume continues at the right step "
-                   "but not with the interrupted epoch's remaining batches (a plain DataLoader is not Stateful for "
-                   "Lightning, so the epoch's order is drawn again); an epoch-boundary resume is exact")
 def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     """SIGTERM inside an epoch: the checkpoint saved on the way out carries the loop's position and the
     RNG states; the resumed run should end with the uninterrupted run's weights and optimizer state."""

@@ -6,6 +6,7 @@ import hashlib
 import multiprocessing
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from pmsm_exp.data.order import EpochSampler, batches_done_this_epoch, mix_seed
 from pmsm_exp.errors import UserError
 
 DATA_DIR_ENV = "PMSM_DATA_DIR"
@@ -149,9 +151,9 @@ class ArrayDataset(Dataset):
 
 
 def make_loader(ds: Dataset, batch_size: int, num_workers: int, pin_memory: bool,
-                shuffle: bool = False, sampler=None) -> DataLoader:
+                shuffle: bool = False, sampler=None, generator: Optional[torch.Generator] = None) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None,
-                      sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                      sampler=sampler, num_workers=num_workers, pin_memory=pin_memory, generator=generator,
                       persistent_workers=num_workers > 0, multiprocessing_context=worker_context(num_workers))
 
 
@@ -173,16 +175,27 @@ def resolve_pin(pin_memory: Optional[bool]) -> bool:
 
 
 def train_loader(dm, dataset: Dataset) -> DataLoader:
-    """Shuffled training loader; with `repeated_aug > 1`, timm's repeated-augmentation sampler
-    (DeiT/SpikeZIP-TF). Under DDP it brings its own sharding, so the Trainer must run with
-    use_distributed_sampler=False."""
-    sampler = None
-    if dm.repeated_aug > 1:
+    """Shuffled training loader. On one process the order is a permutation per (data seed, epoch)
+    that a mid-epoch resume continues (data/order.py); the loader's own generator draws its base
+    seed, so creating it leaves the process RNG (the augmentations' draws) alone. Under DDP
+    Lightning's DistributedSampler shuffles per (seed, epoch) instead. With `repeated_aug > 1`,
+    timm's repeated-augmentation sampler (DeiT/SpikeZIP-TF); it brings its own sharding, so the
+    Trainer must run with use_distributed_sampler=False."""
+    replicas, rank = world_and_rank(dm)
+    trainer = getattr(dm, "trainer", None)
+    if getattr(dm, "repeated_aug", 1) > 1:
         from timm.data.distributed_sampler import RepeatAugSampler
-        replicas, rank = world_and_rank(dm)
         sampler = RepeatAugSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True,
                                    num_repeats=dm.repeated_aug)
-    return make_loader(dataset, dm.batch_size, dm.num_workers, dm.pin_memory, shuffle=True, sampler=sampler)
+    elif replicas > 1:
+        sampler = None
+    else:
+        sampler = EpochSampler(len(dataset), dm.batch_size, dm.seed,
+                               epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+                               skip_fn=partial(batches_done_this_epoch, trainer))
+    generator = torch.Generator().manual_seed(mix_seed(dm.seed)) if isinstance(sampler, EpochSampler) else None
+    return make_loader(dataset, dm.batch_size, dm.num_workers, dm.pin_memory, shuffle=True, sampler=sampler,
+                       generator=generator)
 
 
 def world_and_rank(dm) -> tuple[int, int]:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pmsm_exp.data.order import mix_seed
+
 
 def random_crop_flip(x: Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> Tensor:
     """Per image: zero-pad by `pad`, take an H x W window at a random offset in
@@ -80,14 +82,6 @@ def augment_batch(x: Tensor, generator: torch.Generator, mean: Sequence[float] |
     return resize_batch(out, size)
 
 
-def _mix(*parts: int) -> int:
-    """A 63-bit seed from a few ints (seed, epoch, rank); deterministic across processes."""
-    s = 0
-    for p in parts:
-        s = (s * 1_000_003 + int(p) + 1) % (2**63)
-    return s
-
-
 class DeviceLoader:
     """Batches of a uint8 image tensor that lives on one device.
 
@@ -96,17 +90,21 @@ class DeviceLoader:
     DistributedSampler does), and applies `transform(uint8 batch, generator)` with a
     generator seeded from (seed, epoch, rank). Everything stays on the device.
     `epoch_fn` gives the epoch (the trainer's, so a resumed run draws what an
-    uninterrupted one would); without it, passes are counted.
+    uninterrupted one would); without it, passes are counted. A pass that starts inside
+    an epoch (`skip_fn(len(self))` > 0, a mid-epoch resume) draws the skipped batches'
+    augmentations too, so the rest get the same ones as in the uninterrupted pass.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int,
                  transform: Callable[[Tensor, torch.Generator], Tensor], shuffle: bool = True,
                  seed: int = 0, rank: int = 0, world_size: int = 1,
-                 epoch_fn: Optional[Callable[[], int]] = None):
+                 epoch_fn: Optional[Callable[[], int]] = None,
+                 skip_fn: Optional[Callable[[int], int]] = None):
         assert len(images) == len(labels) and images.device == labels.device
         self.images, self.labels, self.batch_size = images, labels, int(batch_size)
         self.transform, self.shuffle, self.seed = transform, shuffle, int(seed)
         self.rank, self.world_size, self.epoch_fn = int(rank), int(world_size), epoch_fn
+        self.skip_fn = skip_fn
         self._passes = 0
 
     @property
@@ -119,7 +117,7 @@ class DeviceLoader:
     def indices(self, epoch: int) -> Tensor:
         n, dev = len(self.images), self.images.device
         if self.shuffle:
-            g = torch.Generator(device=dev).manual_seed(_mix(self.seed, epoch))
+            g = torch.Generator(device=dev).manual_seed(mix_seed(self.seed, epoch))
             idx = torch.randperm(n, generator=g, device=dev)
         else:
             idx = torch.arange(n, device=dev)
@@ -132,7 +130,10 @@ class DeviceLoader:
         epoch = self.epoch_fn() if self.epoch_fn is not None else self._passes
         self._passes += 1
         idx = self.indices(epoch)
-        g = torch.Generator(device=self.images.device).manual_seed(_mix(self.seed, epoch, self.rank + 1))
-        for i in range(0, len(idx), self.batch_size):
+        g = torch.Generator(device=self.images.device).manual_seed(mix_seed(self.seed, epoch, self.rank + 1))
+        skip = self.skip_fn(len(self)) if self.skip_fn is not None else 0
+        for k, i in enumerate(range(0, len(idx), self.batch_size)):
             b = idx[i:i + self.batch_size]
-            yield self.transform(self.images[b], g), self.labels[b]
+            images = self.transform(self.images[b], g)   # a skipped batch still takes its draws from g
+            if k >= skip:
+                yield images, self.labels[b]

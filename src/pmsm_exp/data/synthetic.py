@@ -9,7 +9,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from pmsm_exp.data.common import (check_optional_count, check_subset_size,
-    ValidationMixin, check_fraction, check_int, checked_split, make_loader, resolve_pin)
+    ValidationMixin, check_fraction, check_int, checked_split, make_loader, resolve_pin,
+    train_loader)
 from pmsm_exp.errors import UserError
 
 
@@ -91,7 +92,7 @@ class SyntheticDataModule(ValidationMixin, L.LightningDataModule):
         self.train_set = TensorDataset(x, y)
 
     def train_dataloader(self) -> DataLoader:
-        return make_loader(self.train_set, self.batch_size, self.num_workers, self.pin_memory, shuffle=True)
+        return train_loader(self, self.train_set)
 
     def test_dataloader(self) -> DataLoader:
         return make_loader(self.test_set, self.batch_size, self.num_workers, self.pin_memory)
