@@ -26,7 +26,7 @@ from pmsm_exp.data.common import (
     check_fraction, check_int, check_optional_count, check_probability, check_subset_size, checked_split,
     default_data_dir, make_loader, resolve_pin, train_loader, world_and_rank)
 from pmsm_exp.data.gpu import DeviceLoader, augment_batch
-from pmsm_exp.data.order import batches_done_this_epoch
+from pmsm_exp.data.order import batches_done_this_epoch, current_epoch_fn
 from pmsm_exp.data.transforms import Cutout
 from pmsm_exp.errors import UserError
 
@@ -256,9 +256,8 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
             self._device_train = (device, self.train_set.images.to(device), self.train_set.labels.to(device))
         _, images, labels = self._device_train
         world, rank = world_and_rank(self)
-        epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
         return DeviceLoader(images, labels, self.batch_size, self.device_transform(), shuffle=True,
-                            seed=self.seed, rank=rank, world_size=world, epoch_fn=epoch_fn,
+                            seed=self.seed, rank=rank, world_size=world, epoch_fn=current_epoch_fn(trainer),
                             skip_fn=partial(batches_done_this_epoch, trainer))
 
     def test_dataloader(self) -> DataLoader:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from pmsm_exp.data.order import EpochSampler, batches_done_this_epoch, mix_seed
+from pmsm_exp.data.order import EpochSampler, batches_done_this_epoch, current_epoch_fn, mix_seed
 from pmsm_exp.errors import UserError
 
 DATA_DIR_ENV = "PMSM_DATA_DIR"
@@ -183,17 +183,15 @@ def train_loader(dm, dataset: Dataset) -> DataLoader:
     Trainer must run with use_distributed_sampler=False."""
     replicas, rank = world_and_rank(dm)
     trainer = getattr(dm, "trainer", None)
+    sampler = generator = None
     if getattr(dm, "repeated_aug", 1) > 1:
         from timm.data.distributed_sampler import RepeatAugSampler
         sampler = RepeatAugSampler(dataset, num_replicas=replicas, rank=rank, shuffle=True,
                                    num_repeats=dm.repeated_aug)
-    elif replicas > 1:
-        sampler = None
-    else:
-        sampler = EpochSampler(len(dataset), dm.batch_size, dm.seed,
-                               epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+    elif replicas == 1:
+        sampler = EpochSampler(len(dataset), dm.batch_size, dm.seed, epoch_fn=current_epoch_fn(trainer),
                                skip_fn=partial(batches_done_this_epoch, trainer))
-    generator = torch.Generator().manual_seed(mix_seed(dm.seed)) if isinstance(sampler, EpochSampler) else None
+        generator = torch.Generator().manual_seed(mix_seed(dm.seed))
     return make_loader(dataset, dm.batch_size, dm.num_workers, dm.pin_memory, shuffle=True, sampler=sampler,
                        generator=generator)
 

@@ -24,6 +24,12 @@ def mix_seed(*parts: int) -> int:
     return s
 
 
+def current_epoch_fn(trainer) -> Optional[Callable[[], int]]:
+    """The trainer's epoch, read when a pass starts (so a resumed run draws what an uninterrupted
+    one would); None without a trainer (the loaders then count their passes)."""
+    return (lambda: trainer.current_epoch) if trainer is not None else None
+
+
 def batches_done_this_epoch(trainer, batches_per_epoch: int) -> int:
     """How many of the current epoch's batches were trained before a mid-epoch resume; 0 at
     an epoch's start. Lightning restores its loop counters from the checkpoint before the

@@ -180,13 +180,13 @@ def check_model_switches(cfg) -> None:
         fail("model.compile", value, "must be true, false or a torch.compile mode: " + ", ".join(COMPILE_MODES))
 
 
-
 def check_model_init(cfg) -> None:
     """model.zero_init_residual (ResNet): how a train job initialises the model; absent is off."""
     value = (OmegaConf.select(cfg, "model", default=None) or {}).get("zero_init_residual", False)
     if not isinstance(value, bool):
         fail("model.zero_init_residual", value, "must be true or false (true: each residual block's last "
              "BatchNorm scale starts at 0)")
+
 
 def check_trainer(cfg) -> None:
     accelerator = OmegaConf.select(cfg, "trainer.accelerator")
