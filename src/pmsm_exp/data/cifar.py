@@ -102,7 +102,7 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
                  cutout: int = 0, image_size: int = 32, train_subset: Optional[int] = None,
                  test_subset: Optional[int] = None, val_fraction: float = 0.0, seed: int = 42,
                  pin_memory: Optional[bool] = None, re_prob: float = 0.0, repeated_aug: int = 1,
-                 on_device: bool | str = False, crop_pad: int = 4):
+                 on_device: bool | str = False, crop_pad: int = 4, views: int = 1):
         super().__init__()
         self.save_hyperparameters()
         self.data_dir = Path(data_dir or default_data_dir())
@@ -122,6 +122,10 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
         # the ViT recipe (paper Table 5)
         self.re_prob = check_probability("data.re_prob", re_prob)
         self.repeated_aug = check_int("data.repeated_aug", repeated_aug, 1, " (1 = off)")
+        self.views = check_int("data.views", views, 1, " (1 = off; each training image this many times per batch)")
+        if self.views > 1 and self.repeated_aug > 1:
+            raise UserError(f"data.views: got {self.views} with data.repeated_aug={self.repeated_aug}; allowed: "
+                            f"one of them above 1")
         if on_device == "auto":
             self.on_device = "auto"
         else:
@@ -258,7 +262,7 @@ class _CIFARDataModule(ValidationMixin, L.LightningDataModule):
         world, rank = world_and_rank(self)
         return DeviceLoader(images, labels, self.batch_size, self.device_transform(), shuffle=True,
                             seed=self.seed, rank=rank, world_size=world, epoch_fn=current_epoch_fn(trainer),
-                            skip_fn=partial(batches_done_this_epoch, trainer))
+                            skip_fn=partial(batches_done_this_epoch, trainer), views=self.views)
 
     def test_dataloader(self) -> DataLoader:
         return make_loader(self.test_set, self.batch_size, self.num_workers, self.pin_memory)

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Subset, TensorDataset
 
 from pmsm_exp.data.order import EpochSampler, batches_done_this_epoch, current_epoch_fn, mix_seed
 from pmsm_exp.errors import UserError
@@ -180,8 +180,13 @@ def train_loader(dm, dataset: Dataset) -> DataLoader:
     seed, so creating it leaves the process RNG (the augmentations' draws) alone. Under DDP
     Lightning's DistributedSampler shuffles per (seed, epoch) instead. With `repeated_aug > 1`,
     timm's repeated-augmentation sampler (DeiT/SpikeZIP-TF); it brings its own sharding, so the
-    Trainer must run with use_distributed_sampler=False."""
+    Trainer must run with use_distributed_sampler=False. With `views > 1` (one process) each
+    batch holds its images that many times, each copy augmented on its own (batch augmentation)."""
     replicas, rank = world_and_rank(dm)
+    views = getattr(dm, "views", 1)
+    if views > 1 and replicas > 1:
+        raise UserError(f"data.views: got {views} with {replicas} processes on the loader path; allowed there: 1 "
+                        f"(set data.on_device=true, whose loader repeats the views on every rank)")
     trainer = getattr(dm, "trainer", None)
     sampler = generator = None
     if getattr(dm, "repeated_aug", 1) > 1:
@@ -192,8 +197,26 @@ def train_loader(dm, dataset: Dataset) -> DataLoader:
         sampler = EpochSampler(len(dataset), dm.batch_size, dm.seed, epoch_fn=current_epoch_fn(trainer),
                                skip_fn=partial(batches_done_this_epoch, trainer))
         generator = torch.Generator().manual_seed(mix_seed(dm.seed))
+        if views > 1:
+            return DataLoader(dataset, batch_sampler=ViewsBatchSampler(sampler, dm.batch_size, views),
+                              num_workers=dm.num_workers, pin_memory=dm.pin_memory, generator=generator,
+                              persistent_workers=dm.num_workers > 0,
+                              multiprocessing_context=worker_context(dm.num_workers))
     return make_loader(dataset, dm.batch_size, dm.num_workers, dm.pin_memory, shuffle=True, sampler=sampler,
                        generator=generator)
+
+
+class ViewsBatchSampler(BatchSampler):
+    """`batch_size` indices of `sampler` per batch, the batch then repeated `views` times: the
+    data set's transform draws each copy's augmentation on its own."""
+
+    def __init__(self, sampler, batch_size: int, views: int):
+        super().__init__(sampler, batch_size, drop_last=False)
+        self.views = int(views)
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            yield batch * self.views
 
 
 def world_and_rank(dm) -> tuple[int, int]:

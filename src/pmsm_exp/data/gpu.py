@@ -93,18 +93,20 @@ class DeviceLoader:
     uninterrupted one would); without it, passes are counted. A pass that starts inside
     an epoch (`skip_fn(len(self))` > 0, a mid-epoch resume) draws the skipped batches'
     augmentations too, so the rest get the same ones as in the uninterrupted pass.
+    With `views` > 1 each batch holds its images that many times, each copy with its own
+    augmentation draws (batch augmentation); the number of batches per pass is unchanged.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int,
                  transform: Callable[[Tensor, torch.Generator], Tensor], shuffle: bool = True,
                  seed: int = 0, rank: int = 0, world_size: int = 1,
                  epoch_fn: Optional[Callable[[], int]] = None,
-                 skip_fn: Optional[Callable[[int], int]] = None):
-        assert len(images) == len(labels) and images.device == labels.device
+                 skip_fn: Optional[Callable[[int], int]] = None, views: int = 1):
+        assert len(images) == len(labels) and images.device == labels.device and views >= 1
         self.images, self.labels, self.batch_size = images, labels, int(batch_size)
         self.transform, self.shuffle, self.seed = transform, shuffle, int(seed)
         self.rank, self.world_size, self.epoch_fn = int(rank), int(world_size), epoch_fn
-        self.skip_fn = skip_fn
+        self.skip_fn, self.views = skip_fn, int(views)
         self._passes = 0
 
     @property
@@ -133,7 +135,7 @@ class DeviceLoader:
         g = torch.Generator(device=self.images.device).manual_seed(mix_seed(self.seed, epoch, self.rank + 1))
         skip = self.skip_fn(len(self)) if self.skip_fn is not None else 0
         for k, i in enumerate(range(0, len(idx), self.batch_size)):
-            b = idx[i:i + self.batch_size]
+            b = idx[i:i + self.batch_size].repeat(self.views)
             images = self.transform(self.images[b], g)   # a skipped batch still takes its draws from g
             if k >= skip:
                 yield images, self.labels[b]
