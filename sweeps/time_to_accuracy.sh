@@ -4,11 +4,11 @@
 # 10,000 test images: PMSM (SNN to T=8) and then QCFS with the same recipe (SNN to T=32). Run it with
 # nothing else on the machine: the PMSM run's training.wall_s is the recipe's time to accuracy.
 # Relaunching resumes (finished runs are skipped, killed ones continue from their checkpoint).
-#   RECIPE=fast_crop2 LOGS=logs/time-to-accuracy sweeps/time_to_accuracy.sh [extra overrides]
+#   RECIPE=fast_views2 LOGS=logs/time-to-accuracy sweeps/time_to_accuracy.sh [extra overrides]
 # (The BUDGET=cpu campaign's Table 1 ResNet-20 rows are the same measurement for recipe=fast.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-RECIPE=${RECIPE:-fast_crop2}
+RECIPE=${RECIPE:-fast_views2}
 LOGS=${LOGS:-logs/time-to-accuracy}
 if [ ! -f "conf/recipe/$RECIPE.yaml" ]; then
   echo "error: RECIPE: got '$RECIPE'; allowed: $(cd conf/recipe && ls ./*.yaml | sed 's|./||; s|.yaml||' | tr '\n' ' ')" >&2

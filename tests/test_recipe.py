@@ -187,6 +187,23 @@ def test_crop2_recipe_is_the_low_lr_recipe_with_a_2_pixel_crop_padding():
     assert crop2 == low
 
 
+def test_views2_recipe_is_the_crop2_recipe_with_two_views_and_trains_a_step(tmp_path, monkeypatch):
+    crop2 = compose_train("experiment=table1_resnet20_cifar10", "recipe=fast_crop2")
+    views2 = compose_train("experiment=table1_resnet20_cifar10", "recipe=fast_views2")
+    assert views2.data.views == 2 and crop2.data.views == 1
+    views2.data.views = crop2.data.views
+    del crop2.hydra, views2.hydra
+    assert views2 == crop2
+    from data_files import write_cifar10
+    write_cifar10(tmp_path / "data", per_batch=20, n_test=30)
+    metrics = run_script("train", ["experiment=table1_resnet20_cifar10", "recipe=fast_views2",
+                                   f"data.data_dir={tmp_path / 'data'}", "epochs=1", "data.batch_size=50",
+                                   "snn.timesteps=1", "logger=none"], tmp_path / "logs", monkeypatch)
+    assert metrics["training"]["steps"] == 2   # 100 images at batch 50: two views do not add steps
+    assert metrics["snn"]["agreement"][0] == 1.0
+    assert_every_layer_fired(metrics)
+
+
 def test_time_to_accuracy_script_refuses_an_unknown_recipe_in_one_line_before_training(tmp_path):
     import subprocess
     from pathlib import Path

@@ -151,9 +151,11 @@ class ArrayDataset(Dataset):
 
 
 def make_loader(ds: Dataset, batch_size: int, num_workers: int, pin_memory: bool,
-                shuffle: bool = False, sampler=None, generator: Optional[torch.Generator] = None) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None,
-                      sampler=sampler, num_workers=num_workers, pin_memory=pin_memory, generator=generator,
+                shuffle: bool = False, sampler=None, generator: Optional[torch.Generator] = None,
+                batch_sampler=None) -> DataLoader:
+    batching = ({"batch_sampler": batch_sampler} if batch_sampler is not None else
+                {"batch_size": batch_size, "shuffle": shuffle and sampler is None, "sampler": sampler})
+    return DataLoader(ds, **batching, num_workers=num_workers, pin_memory=pin_memory, generator=generator,
                       persistent_workers=num_workers > 0, multiprocessing_context=worker_context(num_workers))
 
 
@@ -197,13 +199,9 @@ def train_loader(dm, dataset: Dataset) -> DataLoader:
         sampler = EpochSampler(len(dataset), dm.batch_size, dm.seed, epoch_fn=current_epoch_fn(trainer),
                                skip_fn=partial(batches_done_this_epoch, trainer))
         generator = torch.Generator().manual_seed(mix_seed(dm.seed))
-        if views > 1:
-            return DataLoader(dataset, batch_sampler=ViewsBatchSampler(sampler, dm.batch_size, views),
-                              num_workers=dm.num_workers, pin_memory=dm.pin_memory, generator=generator,
-                              persistent_workers=dm.num_workers > 0,
-                              multiprocessing_context=worker_context(dm.num_workers))
+    batches = ViewsBatchSampler(sampler, dm.batch_size, views) if views > 1 else None
     return make_loader(dataset, dm.batch_size, dm.num_workers, dm.pin_memory, shuffle=True, sampler=sampler,
-                       generator=generator)
+                       generator=generator, batch_sampler=batches)
 
 
 class ViewsBatchSampler(BatchSampler):
