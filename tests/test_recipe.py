@@ -169,31 +169,27 @@ def test_a_run_that_stops_during_the_warm_up_still_evaluates_the_quantized_netwo
     assert_every_layer_fired(metrics)
 
 
+def assert_recipe_is_its_base_with(base: str, recipe: str, key: str, base_value, value):
+    """recipe=`recipe` composes as recipe=`base` with `key` changed from base_value to value, nothing else."""
+    from omegaconf import OmegaConf
+    parent = compose_train("experiment=table1_resnet20_cifar10", f"recipe={base}")
+    child = compose_train("experiment=table1_resnet20_cifar10", f"recipe={recipe}")
+    assert OmegaConf.select(child, key) == value and OmegaConf.select(parent, key) == base_value
+    OmegaConf.update(child, key, base_value)
+    del parent.hydra, child.hydra  # the command lines differ, by the recipe's name
+    assert child == parent
+
+
 def test_low_lr_recipe_is_the_fast_recipe_at_lr_0_05():
-    fast = compose_train("experiment=table1_resnet20_cifar10", "recipe=fast")
-    low = compose_train("experiment=table1_resnet20_cifar10", "recipe=fast_low_lr")
-    assert low.optim.lr == 0.05 and fast.optim.lr == 0.1
-    low.optim.lr = fast.optim.lr
-    del low.hydra, fast.hydra  # the command lines differ, by the recipe's name
-    assert low == fast
+    assert_recipe_is_its_base_with("fast", "fast_low_lr", "optim.lr", 0.1, 0.05)
 
 
 def test_crop2_recipe_is_the_low_lr_recipe_with_a_2_pixel_crop_padding():
-    low = compose_train("experiment=table1_resnet20_cifar10", "recipe=fast_low_lr")
-    crop2 = compose_train("experiment=table1_resnet20_cifar10", "recipe=fast_crop2")
-    assert crop2.data.crop_pad == 2 and low.data.crop_pad == 4
-    crop2.data.crop_pad = low.data.crop_pad
-    del low.hydra, crop2.hydra
-    assert crop2 == low
+    assert_recipe_is_its_base_with("fast_low_lr", "fast_crop2", "data.crop_pad", 4, 2)
 
 
 def test_views2_recipe_is_the_crop2_recipe_with_two_views_and_trains_a_step(tmp_path, monkeypatch):
-    crop2 = compose_train("experiment=table1_resnet20_cifar10", "recipe=fast_crop2")
-    views2 = compose_train("experiment=table1_resnet20_cifar10", "recipe=fast_views2")
-    assert views2.data.views == 2 and crop2.data.views == 1
-    views2.data.views = crop2.data.views
-    del crop2.hydra, views2.hydra
-    assert views2 == crop2
+    assert_recipe_is_its_base_with("fast_crop2", "fast_views2", "data.views", 1, 2)
     from data_files import write_cifar10
     write_cifar10(tmp_path / "data", per_batch=20, n_test=30)
     metrics = run_script("train", ["experiment=table1_resnet20_cifar10", "recipe=fast_views2",
